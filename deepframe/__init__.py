@@ -1,0 +1,25 @@
+"""deepframe: the geometry of structured dictionaries in deep networks.
+
+A feed-forward ReLU network is one approximate step of a single sparse coding
+problem whose dictionary is built from all the layers' weights (Murdock &
+Lucey 2020; Cazenavette, Murdock & Lucey 2021). deepframe describes
+architectures as networkx graphs, compiles them into that global dictionary
+and into pursuit solvers, and measures its geometry.
+"""
+
+from .dictionary import GlobalDictionary, dictionary
+from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureError",
+    "GlobalDictionary",
+    "chain",
+    "densenet",
+    "dictionary",
+    "load",
+    "resnet",
+    "save",
+    "validate",
+]

@@ -1,0 +1,485 @@
+"""Compilation of an architecture graph into its global dictionary (SPEC §3).
+
+The global non-negative LASSO of a network is
+
+    minimise_{w >= 0}  F(w) = 1/2 sum_t ||r_t(w)||^2 + sum_j <lambda_j, w_j>
+
+with one residual *term* ``r_t`` per edge (edge-centric nodes) or per node
+(node-centric nodes, ``merge="input"``). Every term has one synthesis block
+(node ``j``, operator ``B_t = A_t^T`` with ``A_t`` the analysis operator) and
+target blocks (nodes ``k``, operators ``P_tk``):
+
+    r_t = sum_k P_tk w_k + sum_inputs P_t,x x - B_t w_j
+
+Edge ``k -> j`` (edge-centric): ``A_t`` is the edge operator, ``P_tk = I``
+(Eq. 12 for a chain). Node-centric node ``j``: ``A_t`` is the node's own
+operator and ``P_tk = E_jk`` the edge operators (Eq. 16-18).
+
+Stacking all terms gives ``r = y - D w``: row block ``t`` of ``D`` holds
+``B_t`` at column block ``j`` and ``-P_tk`` at column blocks ``k``; the target
+``y`` holds the input's contributions. Column blocks follow
+:func:`deepframe.graph.activation_nodes`; row blocks follow the terms in the
+order of their synthesis node, then their target's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+
+from . import ops
+from .graph import activation_nodes, input_node, validate
+
+__all__ = [
+    "Term",
+    "GlobalDictionary",
+    "dictionary",
+    "parameter_shapes",
+    "build_terms",
+    "edge_key",
+    "random_weights",
+    "node_lambdas",
+]
+
+
+def edge_key(k, j) -> str:
+    """Name of the weight of edge ``k -> j``: ``"k->j"``."""
+    return f"{k}->{j}"
+
+
+@dataclass
+class Term:
+    """One residual term ``r_t = sum_k P_tk w_k + sum P x - A_t^T w_synth``.
+
+    Attributes
+    ----------
+    name : str
+        ``"k->j"`` for an edge term, ``"j"`` for a node-centric term.
+    synth : node
+        The node whose code is synthesised (column block of ``B_t``).
+    op : deepframe.ops.Operator
+        The analysis operator ``A_t`` (``B_t = A_t^T``); ``op.in_shape`` is the
+        residual's shape, ``op.out_shape`` the synthesis node's shape.
+    targets : list of (node, Operator)
+        Activation nodes ``k`` and operators ``P_tk`` (``forward`` applies ``P``).
+    inputs : list of Operator
+        Operators applied to the network input ``x``.
+    """
+
+    name: str
+    synth: object
+    op: ops.Operator
+    targets: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.op.in_shape
+
+    @property
+    def size(self) -> int:
+        return self.op.in_size
+
+    def residual(self, codes: Mapping, x: torch.Tensor | None) -> torch.Tensor:
+        """``r_t`` for a batch of codes ``{node: (B, *shape)}`` and input ``x``."""
+        r = -self.op.adjoint(codes[self.synth])
+        for k, p in self.targets:
+            r = r + p.forward(codes[k])
+        if x is not None:
+            for p in self.inputs:
+                r = r + p.forward(x)
+        return r
+
+
+# --------------------------------------------------------------------------
+# parameters of a graph
+# --------------------------------------------------------------------------
+def _op_weight_shape(op: str, attrs: Mapping, in_shape, out_shape):
+    """Weight shape and fan-in of a parametrised operator, ``None`` if parameter-free."""
+    if op in ("identity", "shortcut"):
+        return None
+    if op == "dense" or (op == "project" and len(in_shape) == 1):
+        d_in = math.prod(in_shape)
+        return (out_shape[0], d_in), d_in
+    k = 1 if op == "project" else attrs["kernel_size"]
+    return (out_shape[0], in_shape[0], k, k), in_shape[0] * k * k
+
+
+def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Learned weights of a validated graph: ``{key: (shape, fan_in)}`` in a fixed order.
+
+    Keys are ``"k->j"`` for parametrised edges and ``"j"`` for the operators of
+    node-centric nodes. Order: by activation node, edges before the node's own
+    operator, edges sorted by source name.
+    """
+    shapes = {}
+    for j in activation_nodes(g):
+        for k in sorted(g.predecessors(j), key=str):
+            a = g.edges[k, j]
+            spec = _op_weight_shape(a.get("op", "identity"), a, a["in_shape"], a["out_shape"])
+            if spec is not None:
+                shapes[edge_key(k, j)] = spec
+        na = g.nodes[j]
+        if na.get("merge", "edge") == "input":
+            spec = _op_weight_shape(na["op"], na, na["input_shape"], na["shape"])
+            if spec is not None:
+                shapes[str(j)] = spec
+    return shapes
+
+
+def random_weights(g: nx.DiGraph, *, seed: int = 0, dtype: torch.dtype = torch.float64,
+                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    weights = {}
+    for key, (shape, fan_in) in parameter_shapes(g).items():
+        w = torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
+        weights[key] = w.to(dtype=dtype, device=device)
+    return weights
+
+
+def node_lambdas(g: nx.DiGraph, *, dtype=torch.float64, device="cpu") -> dict:
+    """``lambda_j`` per node from the ``bias`` attribute: a tensor of shape ``(C,)`` / ``(d,)``."""
+    out = {}
+    for j in activation_nodes(g):
+        a = g.nodes[j]
+        bias = a.get("bias", 0.0)
+        n = a["shape"][0]
+        value = torch.as_tensor(bias, dtype=dtype, device=device)
+        out[j] = value.expand(n).clone() if value.dim() == 0 else value.clone()
+    return out
+
+
+def _make_op(op: str, attrs: Mapping, in_shape, out_shape, weight) -> ops.Operator:
+    if op == "identity":
+        return ops.Identity(in_shape)
+    if op == "shortcut":
+        return ops.Shortcut(in_shape, out_shape[0], stride=attrs.get("stride", 1))
+    if op == "dense" or (op == "project" and len(in_shape) == 1):
+        return ops.Dense(weight, in_shape)
+    if op == "project":
+        return ops.Project(weight, in_shape, stride=attrs.get("stride", 1))
+    k = attrs["kernel_size"]
+    return ops.Conv(weight, in_shape, stride=attrs.get("stride", 1),
+                    padding=attrs.get("padding", k // 2))
+
+
+def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
+    """The residual terms of a validated graph with the given weights (SPEC §3)."""
+    src = input_node(g)
+    terms = []
+    for j in activation_nodes(g):
+        na = g.nodes[j]
+        preds = sorted(g.predecessors(j), key=str)
+        if na.get("merge", "edge") == "edge":
+            for k in preds:
+                a = g.edges[k, j]
+                op = _make_op(a["op"], a, a["in_shape"], a["out_shape"],
+                              weights.get(edge_key(k, j)))
+                ident = ops.Identity(a["in_shape"])
+                term = Term(edge_key(k, j), j, op)
+                (term.inputs.append(ident) if k == src else term.targets.append((k, ident)))
+                terms.append(term)
+        else:
+            op = _make_op(na["op"], na, na["input_shape"], na["shape"], weights.get(str(j)))
+            term = Term(str(j), j, op)
+            for k in preds:
+                a = g.edges[k, j]
+                e = _make_op(a.get("op", "identity"), a, a["in_shape"], a["out_shape"],
+                             weights.get(edge_key(k, j)))
+                (term.inputs.append(e) if k == src else term.targets.append((k, e)))
+            terms.append(term)
+    return terms
+
+
+# --------------------------------------------------------------------------
+# the global dictionary
+# --------------------------------------------------------------------------
+class GlobalDictionary:
+    """The structured global dictionary ``D`` of an architecture (SPEC §3, Eq. 12/16).
+
+    A real linear operator from codes ``w`` (``N`` entries, column blocks =
+    activation nodes) to residual space (``n`` entries, row blocks = terms),
+    with ``r = y - D w``. Vectors are torch tensors of shape ``(N,)`` or
+    ``(B, N)`` (``D @ w``) and ``(n,)`` or ``(B, n)`` (``D.T @ r``).
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        Validated architecture.
+    weights : mapping
+        ``{key: tensor}`` as :func:`parameter_shapes` lists.
+    lambdas : mapping, optional
+        ``{node: (C,) tensor}`` sparsity weights; default from node ``bias``.
+    """
+
+    def __init__(self, graph: nx.DiGraph, weights: Mapping[str, torch.Tensor],
+                 lambdas: Mapping | None = None):
+        self.graph = graph
+        self.weights = dict(weights)
+        missing = set(parameter_shapes(graph)) - set(self.weights)
+        if missing:
+            raise ValueError(f"GlobalDictionary: missing weights {sorted(missing)}")
+        sample = next(iter(self.weights.values()), None)
+        self.dtype = sample.dtype if sample is not None else torch.float64
+        self.device = sample.device if sample is not None else torch.device("cpu")
+        self.lambdas = dict(lambdas) if lambdas is not None else node_lambdas(
+            graph, dtype=self.dtype, device=self.device)
+        self.input = input_node(graph)
+        self.input_shape = tuple(graph.nodes[self.input]["shape"])
+        self.nodes = activation_nodes(graph)
+        self.node_shapes = {j: tuple(graph.nodes[j]["shape"]) for j in self.nodes}
+        self.terms = build_terms(graph, self.weights)
+        self.col_sizes = [math.prod(self.node_shapes[j]) for j in self.nodes]
+        self.row_sizes = [t.size for t in self.terms]
+        self.col_offsets = _offsets(self.col_sizes)
+        self.row_offsets = _offsets(self.row_sizes)
+
+    # -- structure ----------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, N)``: rows (residual entries) by atoms."""
+        return (sum(self.row_sizes), sum(self.col_sizes))
+
+    @property
+    def col_blocks(self) -> list[tuple[object, int]]:
+        """Column blocks ``(node, size)`` in order."""
+        return list(zip(self.nodes, self.col_sizes))
+
+    @property
+    def row_blocks(self) -> list[tuple[str, int]]:
+        """Row blocks ``(term name, size)`` in order."""
+        return [(t.name, t.size) for t in self.terms]
+
+    @property
+    def blocks(self) -> dict[tuple[str, object], str]:
+        """Structurally nonzero blocks ``{(term name, node): label}``.
+
+        Labels: ``"B"`` (synthesis block), ``"-I"`` (identity target),
+        ``"-E"`` (other target operator).
+        """
+        out = {}
+        for t in self.terms:
+            out[(t.name, t.synth)] = "B"
+            for k, p in t.targets:
+                out[(t.name, k)] = "-I" if isinstance(p, ops.Identity) else "-E"
+        return out
+
+    def block_map(self) -> str:
+        """A printable map of the blocks: ``B``, ``-I``, ``-E`` or ``0``."""
+        blocks = self.blocks
+        names = [str(j) for j in self.nodes]
+        row_w = max(len(t.name) for t in self.terms)
+        col_w = max(max(len(n) for n in names), 2)
+        lines = [" " * row_w + " | " + " ".join(n.rjust(col_w) for n in names)]
+        lines.append("-" * len(lines[0]))
+        for t in self.terms:
+            cells = [blocks.get((t.name, j), "0").rjust(col_w) for j in self.nodes]
+            lines.append(t.name.rjust(row_w) + " | " + " ".join(cells))
+        return "\n".join(lines)
+
+    # -- conversions between flat vectors and codes -------------------------
+    def codes(self, w: torch.Tensor) -> dict:
+        """Split ``(B, N)`` (or ``(N,)``) into ``{node: (B, *shape)}``."""
+        w2 = w.unsqueeze(0) if w.dim() == 1 else w
+        if w2.dim() != 2 or w2.shape[1] != self.shape[1]:
+            raise ValueError(f"expected codes of shape (N,) or (B, N) with N={self.shape[1]}, "
+                             f"got {tuple(w.shape)}")
+        return {j: w2[:, o : o + s].reshape(-1, *self.node_shapes[j])
+                for j, o, s in zip(self.nodes, self.col_offsets, self.col_sizes)}
+
+    def flat(self, codes: Mapping) -> torch.Tensor:
+        """Concatenate ``{node: (B, *shape)}`` into ``(B, N)`` in column order."""
+        return torch.cat([codes[j].flatten(1) for j in self.nodes], dim=1)
+
+    def _rows(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
+
+    def _split_rows(self, r: torch.Tensor) -> list[torch.Tensor]:
+        r2 = r.unsqueeze(0) if r.dim() == 1 else r
+        if r2.dim() != 2 or r2.shape[1] != self.shape[0]:
+            raise ValueError(f"expected residuals of shape (n,) or (B, n) with "
+                             f"n={self.shape[0]}, got {tuple(r.shape)}")
+        return [r2[:, o : o + s].reshape(-1, *t.shape)
+                for t, o, s in zip(self.terms, self.row_offsets, self.row_sizes)]
+
+    # -- the operator ---------------------------------------------------------
+    def matvec(self, w: torch.Tensor) -> torch.Tensor:
+        """``D w``: row block ``t`` is ``B_t w_j - sum_k P_tk w_k``."""
+        codes = self.codes(w)
+        out = self._rows([-t.residual(codes, None) for t in self.terms])
+        return out.squeeze(0) if w.dim() == 1 else out
+
+    def rmatvec(self, r: torch.Tensor) -> torch.Tensor:
+        """``D^T r``: column block ``j`` is ``sum_t A_t r_t - sum_t P_tj^T r_t``."""
+        parts = self._split_rows(r)
+        batch = parts[0].shape[0]
+        cols = {j: parts[0].new_zeros((batch, *self.node_shapes[j])) for j in self.nodes}
+        for t, rt in zip(self.terms, parts):
+            cols[t.synth] = cols[t.synth] + t.op.forward(rt)
+            for k, p in t.targets:
+                cols[k] = cols[k] - p.adjoint(rt)
+        out = self.flat(cols)
+        return out.squeeze(0) if r.dim() == 1 else out
+
+    def __matmul__(self, w: torch.Tensor) -> torch.Tensor:
+        return self.matvec(w)
+
+    @property
+    def T(self) -> _Transposed:
+        """The adjoint: ``D.T @ r`` is :meth:`rmatvec`."""
+        return _Transposed(self)
+
+    # -- the problem ----------------------------------------------------------
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected inputs of shape (B, {self.input_shape}), got "
+                             f"{tuple(x.shape)}")
+        parts = []
+        for t in self.terms:
+            y = x.new_zeros((x.shape[0], *t.shape))
+            for p in t.inputs:
+                y = y + p.forward(x)
+            parts.append(y)
+        return self._rows(parts)
+
+    def residuals(self, x: torch.Tensor, codes: Mapping) -> list[torch.Tensor]:
+        """``[r_t]`` per term, each ``(B, *term.shape)``."""
+        return [t.residual(codes, x) for t in self.terms]
+
+    def penalty(self, codes: Mapping) -> torch.Tensor:
+        """``sum_j <lambda_j, w_j>`` per sample, lambda broadcast over positions."""
+        total = 0.0
+        for j in self.nodes:
+            w = codes[j]
+            lam = self.lambdas[j].to(w.dtype).reshape(-1, *([1] * (w.dim() - 2)))
+            total = total + (w * lam).flatten(1).sum(1)
+        return total
+
+    def objective(self, x: torch.Tensor, w) -> torch.Tensor:
+        """``F(w) = 1/2 ||y - D w||^2 + sum_j <lambda_j, w_j>`` per sample: ``(B,)``.
+
+        ``w`` is ``(B, N)`` or a codes mapping ``{node: (B, *shape)}``.
+        """
+        codes = w if isinstance(w, Mapping) else self.codes(w)
+        smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in self.residuals(x, codes))
+        return smooth + self.penalty(codes)
+
+    def lipschitz(self, *, exact: bool = False, seed: int = 0) -> dict:
+        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` per node."""
+        out = {j: 0.0 for j in self.nodes}
+        for t in self.terms:
+            out[t.synth] += t.op.sqnorm(exact=exact, seed=seed)
+            for k, p in t.targets:
+                out[k] += p.sqnorm(exact=exact, seed=seed)
+        return out
+
+    # -- exports --------------------------------------------------------------
+    def todense(self, chunk: int = 1024) -> torch.Tensor:
+        """``D`` as a dense ``(n, N)`` tensor, by applying :meth:`matvec` to unit vectors."""
+        n, big_n = self.shape
+        out = torch.empty((n, big_n), dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for start in range(0, big_n, chunk):
+                stop = min(start + chunk, big_n)
+                eye = torch.zeros((stop - start, big_n), dtype=self.dtype, device=self.device)
+                eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+                out[:, start:stop] = self.matvec(eye).T
+        return out
+
+    def tosparse(self):
+        """``D`` as a ``scipy.sparse.csr_array``, assembled block by block with ``bmat``."""
+        import scipy.sparse as sp
+
+        col = {j: i for i, j in enumerate(self.nodes)}
+        grid = [[None] * len(self.nodes) for _ in self.terms]
+        for i, t in enumerate(self.terms):
+            grid[i][col[t.synth]] = t.op.tosparse().T
+            for k, p in t.targets:
+                grid[i][col[k]] = -p.tosparse()
+        for i, t in enumerate(self.terms):  # bmat needs a size for every block row/column
+            if all(b is None for b in grid[i]):
+                grid[i][0] = sp.csr_array((t.size, self.col_sizes[0]))
+        return sp.csr_array(sp.bmat(grid, format="csr"))
+
+    def as_linear_operator(self):
+        """``D`` as a ``scipy.sparse.linalg.LinearOperator`` (float64, on the CPU)."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(v):
+            w = torch.as_tensor(np.asarray(v).reshape(-1), dtype=self.dtype, device=self.device)
+            with torch.no_grad():
+                return self.matvec(w).double().cpu().numpy()
+
+        def rmv(v):
+            r = torch.as_tensor(np.asarray(v).reshape(-1), dtype=self.dtype, device=self.device)
+            with torch.no_grad():
+                return self.rmatvec(r).double().cpu().numpy()
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=rmv, dtype=np.float64)
+
+    def dottest(self, *, seed: int = 0, batch: int = 2) -> float:
+        """Relative error of ``<D u, v> = <u, D^T v>`` for random ``u``, ``v``."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        n, big_n = self.shape
+        u = torch.randn((batch, big_n), generator=g, dtype=torch.float64)
+        v = torch.randn((batch, n), generator=g, dtype=torch.float64)
+        u, v = u.to(self.dtype).to(self.device), v.to(self.dtype).to(self.device)
+        with torch.no_grad():
+            lhs = float((self.matvec(u) * v).sum())
+            rhs = float((u * self.rmatvec(v)).sum())
+        return abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1e-300)
+
+    def __repr__(self) -> str:
+        n, big_n = self.shape
+        return (f"GlobalDictionary({n} rows x {big_n} atoms, {len(self.terms)} terms, "
+                f"{len(self.nodes)} nodes)")
+
+
+class _Transposed:
+    def __init__(self, d: GlobalDictionary):
+        self._d = d
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, big_n = self._d.shape
+        return (big_n, n)
+
+    def __matmul__(self, r: torch.Tensor) -> torch.Tensor:
+        return self._d.rmatvec(r)
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    out, acc = [], 0
+    for s in sizes:
+        out.append(acc)
+        acc += s
+    return out
+
+
+def dictionary(graph: nx.DiGraph, *, seed: int = 0, weights: Mapping | None = None,
+               dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu") -> GlobalDictionary:
+    """The global dictionary of ``graph`` (validated first).
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+    seed : int
+        Seed of the He-style random weights ``N(0, 2 / fan_in)`` (ignored when
+        ``weights`` is given).
+    weights : mapping, optional
+        ``{key: tensor}`` as :func:`parameter_shapes` lists.
+    dtype, device :
+        Of the random weights.
+    """
+    g = validate(graph)
+    if weights is None:
+        weights = random_weights(g, seed=seed, dtype=dtype, device=device)
+    return GlobalDictionary(g, weights)

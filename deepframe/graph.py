@@ -1,0 +1,636 @@
+"""Architecture graphs: validation, shape inference, builders and node-link I/O.
+
+An architecture is a plain :class:`networkx.DiGraph` (SPEC §2):
+
+* one **input** node: ``kind="input"``, ``shape=(C, H, W)`` or ``(d,)``;
+* **activation** nodes: ``channels`` (conv activation) or ``features`` (dense
+  activation), optional ``bias`` (initial lambda >= 0, a number or one per
+  channel/feature), ``batchnorm`` (bool) and ``merge`` (``"edge"``, the
+  default, or ``"input"`` for the seed paper's node-centric form);
+* **edges** ``k -> j`` with ``op`` in ``conv`` (``kernel_size``, ``stride=1``,
+  ``padding=kernel_size // 2``), ``dense``, ``identity``, ``project``
+  (learned 1x1 conv with ``stride``; dense between dense activations) and
+  ``shortcut`` (parameter-free subsample + zero channels, ``stride``).
+
+Edge-centric node ``j``: every incoming edge maps its source to ``j``'s shape
+and the contributions are summed. Node-centric node ``j`` (``merge="input"``):
+incoming edges (default ``op="identity"``; a parametrised edge names its
+output size with ``channels``/``features`` on the edge) are summed into
+``z_j`` and the node's own operator (``op``, ``kernel_size``, ``stride``,
+``padding`` as node attributes) analyses it.
+
+:func:`validate` returns an annotated copy: every node gets ``shape``;
+every edge gets ``in_shape`` and ``out_shape``; node-centric nodes get
+``input_shape`` (the shape of ``z_j``). Errors are
+:class:`ArchitectureError` naming the node or edge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import networkx as nx
+
+from .ops import conv_output_size
+
+__all__ = [
+    "ArchitectureError",
+    "validate",
+    "chain",
+    "resnet",
+    "densenet",
+    "load",
+    "save",
+    "from_spec",
+    "activation_nodes",
+    "input_node",
+    "output_node",
+    "EDGE_OPS",
+]
+
+EDGE_OPS = ("conv", "dense", "identity", "project", "shortcut")
+NODE_KINDS = ("input", "activation")
+MERGES = ("edge", "input")
+_NODE_KEYS = {
+    "kind", "shape", "channels", "features", "bias", "batchnorm", "merge",
+    "op", "kernel_size", "stride", "padding", "input_shape", "label",
+}
+_EDGE_KEYS = {"op", "kernel_size", "stride", "padding", "channels", "features",
+              "in_shape", "out_shape", "label"}
+
+
+class ArchitectureError(ValueError):
+    """An architecture graph is malformed; the message names the node or edge."""
+
+
+# --------------------------------------------------------------------------
+# small typed readers: each names the culprit
+# --------------------------------------------------------------------------
+def _where(node=None, edge=None) -> str:
+    if edge is not None:
+        return f"edge {edge[0]!r} -> {edge[1]!r}"
+    return f"node {node!r}"
+
+
+def _int_attr(attrs: dict, key: str, where: str, *, default=None, minimum: int = 1) -> int:
+    value = attrs.get(key, default)
+    if value is None:
+        raise ArchitectureError(f"{where}: missing attribute {key!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArchitectureError(
+            f"{where}: attribute {key!r} must be an integer, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ArchitectureError(f"{where}: attribute {key!r} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _shape_attr(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ArchitectureError(f"{where}: shape must be (C, H, W) or (d,), got {value!r}")
+    if len(value) not in (1, 3):
+        raise ArchitectureError(
+            f"{where}: shape must have 1 (dense) or 3 (C, H, W) entries, got {tuple(value)!r}"
+        )
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise ArchitectureError(
+                f"{where}: shape entries must be positive integers, got {tuple(value)!r}"
+            )
+    return tuple(int(s) for s in value)
+
+
+def _size_attr(attrs: dict, where: str) -> tuple[str, int]:
+    """Which of ``channels``/``features`` a node declares, and its value."""
+    has_c, has_f = "channels" in attrs, "features" in attrs
+    if has_c and has_f:
+        raise ArchitectureError(f"{where}: give either 'channels' or 'features', not both")
+    if not (has_c or has_f):
+        raise ArchitectureError(
+            f"{where}: missing attribute 'channels' (conv activation) or 'features' "
+            "(dense activation)"
+        )
+    key = "channels" if has_c else "features"
+    return key, _int_attr(attrs, key, where)
+
+
+# --------------------------------------------------------------------------
+# shape inference of one operator
+# --------------------------------------------------------------------------
+def _op_out_shape(op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, int] | None,
+                  where: str) -> tuple[int, ...]:
+    """Output shape of operator ``op`` (attributes ``attrs``) applied to ``src``.
+
+    ``size`` is the destination's declared ``("channels", C)`` or
+    ``("features", d)``; ``None`` means "not declared" (identity only).
+    """
+    if not isinstance(op, str):
+        raise ArchitectureError(f"{where}: attribute 'op' must be a string, got {op!r}")
+    if op not in EDGE_OPS:
+        raise ArchitectureError(f"{where}: unknown op {op!r}; expected one of {EDGE_OPS}")
+    if op == "identity":
+        if size is not None:
+            key, value = size
+            expected = src[0]
+            if (key == "channels") != (len(src) == 3) or value != expected:
+                raise ArchitectureError(
+                    f"{where}: identity needs equal shapes, but the source has shape {src} "
+                    f"and the destination declares {key}={value}"
+                )
+        return src
+    if size is None:
+        raise ArchitectureError(
+            f"{where}: op {op!r} needs the output size ('channels' or 'features')"
+        )
+    key, value = size
+    if op == "dense":
+        if key != "features":
+            raise ArchitectureError(
+                f"{where}: a dense op produces a dense activation; the destination must "
+                f"declare 'features', not 'channels'"
+            )
+        return (value,)
+    if op == "project" and len(src) == 1:
+        if key != "features":
+            raise ArchitectureError(
+                f"{where}: a project op from a dense source must go to 'features'"
+            )
+        return (value,)
+    # conv, project (1x1) and shortcut act on conv activations
+    if len(src) != 3:
+        raise ArchitectureError(
+            f"{where}: op {op!r} needs a (C, H, W) source, got shape {src}"
+        )
+    if key != "channels":
+        raise ArchitectureError(
+            f"{where}: op {op!r} produces a conv activation; the destination must declare "
+            f"'channels', not 'features'"
+        )
+    stride = _int_attr(attrs, "stride", where, default=1)
+    if op == "conv":
+        k = _int_attr(attrs, "kernel_size", where)
+        padding = _int_attr(attrs, "padding", where, default=k // 2, minimum=0)
+    elif op == "project":
+        k, padding = 1, 0
+    else:  # shortcut
+        if value < src[0]:
+            raise ArchitectureError(
+                f"{where}: a shortcut cannot reduce {src[0]} channels to {value}"
+            )
+        k, padding = 1, 0
+    h = conv_output_size(src[1], k, stride, padding)
+    w = conv_output_size(src[2], k, stride, padding)
+    if h < 1 or w < 1:
+        raise ArchitectureError(
+            f"{where}: op {op!r} (kernel {k}, stride {stride}, padding {padding}) shrinks the "
+            f"{src[1]}x{src[2]} map to nothing ({h}x{w})"
+        )
+    return (value, h, w)
+
+
+def _check_bias(attrs: dict, size: int, where: str) -> None:
+    bias = attrs.get("bias", 0.0)
+    values = bias if isinstance(bias, (list, tuple)) else [bias]
+    if isinstance(bias, (list, tuple)) and len(bias) != size:
+        raise ArchitectureError(
+            f"{where}: bias has {len(bias)} entries, the node has {size} channels/features"
+        )
+    for b in values:
+        if isinstance(b, bool) or not isinstance(b, numbers.Real):
+            raise ArchitectureError(f"{where}: bias must be a number or a list of numbers, "
+                                    f"got {bias!r}")
+        if not math.isfinite(b) or b < 0:
+            raise ArchitectureError(
+                f"{where}: bias (lambda) must be finite and >= 0 so the problem stays convex, "
+                f"got {b!r}"
+            )
+
+
+# --------------------------------------------------------------------------
+# validate
+# --------------------------------------------------------------------------
+def validate(g: nx.DiGraph) -> nx.DiGraph:
+    """Check an architecture graph and infer every shape.
+
+    Parameters
+    ----------
+    g : networkx.DiGraph
+        The architecture (SPEC §2). Not modified.
+
+    Returns
+    -------
+    networkx.DiGraph
+        A copy with node attribute ``shape`` on every node, ``in_shape`` /
+        ``out_shape`` on every edge and ``input_shape`` (the shape of the
+        merged input ``z_j``) on node-centric nodes. Integer-valued attributes
+        are normalised (lists from JSON become tuples).
+
+    Raises
+    ------
+    ArchitectureError
+        With a message naming the node or edge: not a DiGraph, empty graph,
+        self-loop, cycle, no or several input nodes, unknown node kind or op,
+        missing or ill-typed attribute, negative bias, an op that shrinks a map
+        to nothing, shape mismatch at a merge (both shapes listed), a node
+        unreachable from the input, no unique output.
+    """
+    if not isinstance(g, nx.DiGraph) or isinstance(g, nx.MultiDiGraph):
+        raise ArchitectureError(
+            f"an architecture must be a networkx.DiGraph, got {type(g).__name__}"
+        )
+    if g.number_of_nodes() == 0:
+        raise ArchitectureError("the graph is empty")
+    loops = list(nx.selfloop_edges(g))
+    if loops:
+        raise ArchitectureError(f"self-loop on node {loops[0][0]!r}")
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = " -> ".join(repr(e[0]) for e in cycle) + f" -> {cycle[0][0]!r}"
+        raise ArchitectureError(f"the graph has a cycle: {path}")
+    names = [str(n) for n in g.nodes]
+    if len(set(names)) != len(names):
+        raise ArchitectureError("node names must stay distinct when written as strings")
+
+    for node, attrs in g.nodes(data=True):
+        kind = attrs.get("kind", "activation")
+        if kind not in NODE_KINDS:
+            raise ArchitectureError(
+                f"node {node!r}: unknown kind {kind!r}; expected 'input' or an activation "
+                "node (no kind)"
+            )
+        for key in attrs:
+            if key not in _NODE_KEYS:
+                raise ArchitectureError(f"node {node!r}: unknown attribute {key!r}")
+    for u, v, attrs in g.edges(data=True):
+        for key in attrs:
+            if key not in _EDGE_KEYS:
+                raise ArchitectureError(f"edge {u!r} -> {v!r}: unknown attribute {key!r}")
+
+    inputs = [n for n, a in g.nodes(data=True) if a.get("kind") == "input"]
+    if not inputs:
+        raise ArchitectureError("no input node (a node with kind='input')")
+    if len(inputs) > 1:
+        raise ArchitectureError(f"several input nodes {inputs!r}; exactly one is supported")
+    source = inputs[0]
+    if g.in_degree(source):
+        raise ArchitectureError(
+            f"input node {source!r} has incoming edges from {list(g.predecessors(source))!r}"
+        )
+    if g.number_of_nodes() == 1:
+        raise ArchitectureError(f"the graph has only the input node {source!r}")
+    reachable = nx.descendants(g, source) | {source}
+    unreachable = [n for n in g.nodes if n not in reachable]
+    if unreachable:
+        raise ArchitectureError(
+            f"node {unreachable[0]!r} is unreachable from the input {source!r}"
+        )
+
+    out = g.copy()
+    in_attrs = out.nodes[source]
+    if "shape" not in in_attrs:
+        raise ArchitectureError(f"input node {source!r}: missing attribute 'shape'")
+    in_attrs["shape"] = _shape_attr(in_attrs["shape"], f"input node {source!r}")
+
+    for j in nx.lexicographical_topological_sort(out, key=str):
+        if j == source:
+            continue
+        attrs = out.nodes[j]
+        where = _where(node=j)
+        size = _size_attr(attrs, where)
+        merge = attrs.get("merge", "edge")
+        if merge not in MERGES:
+            raise ArchitectureError(f"{where}: unknown merge {merge!r}; expected one of {MERGES}")
+        if "batchnorm" in attrs and not isinstance(attrs["batchnorm"], bool):
+            raise ArchitectureError(
+                f"{where}: attribute 'batchnorm' must be True or False, got {attrs['batchnorm']!r}"
+            )
+        node_op_keys = {"op", "kernel_size", "stride", "padding"} & set(attrs)
+        if merge == "edge" and node_op_keys:
+            raise ArchitectureError(
+                f"{where}: attributes {sorted(node_op_keys)} belong on edges unless the node has "
+                "merge='input'"
+            )
+        shapes = []
+        for k in sorted(out.predecessors(j), key=str):
+            e_attrs = out.edges[k, j]
+            e_where = _where(edge=(k, j))
+            src = out.nodes[k]["shape"]
+            if merge == "edge":
+                if "op" not in e_attrs:
+                    raise ArchitectureError(f"{e_where}: missing attribute 'op'")
+                for key in ("channels", "features"):
+                    if key in e_attrs:
+                        raise ArchitectureError(
+                            f"{e_where}: attribute {key!r} is only meaningful on edges into a "
+                            "node with merge='input'; put it on the node"
+                        )
+                shape = _op_out_shape(e_attrs["op"], e_attrs, src, size, e_where)
+            else:
+                e_op = e_attrs.get("op", "identity")
+                e_size = None
+                if "channels" in e_attrs or "features" in e_attrs:
+                    e_size = _size_attr(e_attrs, e_where)
+                elif e_op == "shortcut":
+                    e_size = ("channels", src[0]) if len(src) == 3 else None
+                shape = _op_out_shape(e_op, e_attrs, src, e_size, e_where)
+            e_attrs["in_shape"] = src
+            e_attrs["out_shape"] = shape
+            shapes.append(((k, j), shape))
+        first_edge, first = shapes[0]
+        for edge, shape in shapes[1:]:
+            if shape != first:
+                raise ArchitectureError(
+                    f"{where}: shape mismatch at the merge: edge {first_edge[0]!r} -> {j!r} "
+                    f"gives {first} but edge {edge[0]!r} -> {j!r} gives {shape}"
+                )
+        if merge == "edge":
+            shape = first
+        else:
+            if "op" not in attrs:
+                raise ArchitectureError(f"{where}: merge='input' needs the node's own 'op'")
+            attrs["input_shape"] = first
+            shape = _op_out_shape(attrs["op"], attrs, first, size, where)
+        attrs["shape"] = shape
+        _check_bias(attrs, shape[0], where)
+
+    output_node(out)  # raises when there is no unique output
+    return out
+
+
+# --------------------------------------------------------------------------
+# queries on validated graphs
+# --------------------------------------------------------------------------
+def input_node(g: nx.DiGraph):
+    """The unique node with ``kind="input"``."""
+    nodes = [n for n, a in g.nodes(data=True) if a.get("kind") == "input"]
+    if len(nodes) != 1:
+        raise ArchitectureError(f"expected exactly one input node, found {nodes!r}")
+    return nodes[0]
+
+
+def activation_nodes(g: nx.DiGraph) -> list:
+    """Activation nodes in the canonical column order.
+
+    ``networkx.lexicographical_topological_sort`` keyed by the node name as a
+    string (deterministic), input excluded.
+    """
+    src = input_node(g)
+    return [n for n in nx.lexicographical_topological_sort(g, key=str) if n != src]
+
+
+def output_node(g: nx.DiGraph):
+    """The node feeding the classifier head: graph attribute ``output``, else the unique sink."""
+    if "output" in g.graph:
+        name = g.graph["output"]
+        if name not in g or g.nodes[name].get("kind") == "input":
+            raise ArchitectureError(f"graph attribute 'output' names {name!r}, which is not an "
+                                    "activation node of the graph")
+        return name
+    sinks = [n for n in g.nodes if g.out_degree(n) == 0 and g.nodes[n].get("kind") != "input"]
+    if len(sinks) != 1:
+        raise ArchitectureError(
+            f"the graph has {len(sinks)} sinks {sorted(sinks, key=str)!r}; name the one that "
+            "feeds the classifier with the graph attribute 'output'"
+        )
+    return sinks[0]
+
+
+# --------------------------------------------------------------------------
+# builders
+# --------------------------------------------------------------------------
+def _input_graph(input_shape: Sequence[int]) -> nx.DiGraph:
+    g = nx.DiGraph()
+    g.add_node("x", kind="input", shape=tuple(int(s) for s in input_shape))
+    return g
+
+
+def chain(input_shape: Sequence[int], widths: Sequence[int], *, kernel_size: int = 3,
+          strides: Sequence[int] | None = None, dense: bool | None = None, bias: float = 0.0,
+          batchnorm: bool = False, merge: str = "edge") -> nx.DiGraph:
+    """A chain network (plain CNN or MLP) ``x -> l1 -> l2 -> ...`` (Eq. 4, Eq. 12).
+
+    Parameters
+    ----------
+    input_shape : (C, H, W) or (d,)
+    widths : sequence of int
+        Channels (conv) or features (dense) of each layer.
+    kernel_size : int
+        Conv kernel size (padding ``kernel_size // 2``).
+    strides : sequence of int, optional
+        Per-layer conv strides (default all 1).
+    dense : bool, optional
+        Dense layers; default: dense exactly when the input is a vector.
+    bias, batchnorm :
+        Node attributes of every layer.
+    merge : ``"edge"`` or ``"input"``
+        ``"input"`` builds the node-centric form (Eq. 16): identity edges and the
+        layer operators on the nodes. Same dictionary for a chain.
+    """
+    if dense is None:
+        dense = len(input_shape) == 1
+    strides = list(strides) if strides is not None else [1] * len(widths)
+    if len(strides) != len(widths):
+        raise ValueError(f"chain: {len(widths)} widths but {len(strides)} strides")
+    g = _input_graph(input_shape)
+    prev = "x"
+    for i, (width, stride) in enumerate(zip(widths, strides), start=1):
+        name = f"l{i}"
+        size = {"features": int(width)} if dense else {"channels": int(width)}
+        op = {"op": "dense"} if dense else {"op": "conv", "kernel_size": kernel_size,
+                                             "stride": int(stride)}
+        if merge == "input":
+            g.add_node(name, **size, bias=bias, batchnorm=batchnorm, merge="input", **op)
+            g.add_edge(prev, name, op="identity")
+        else:
+            g.add_node(name, **size, bias=bias, batchnorm=batchnorm)
+            g.add_edge(prev, name, **op)
+        prev = name
+    return validate(g)
+
+
+def resnet(input_shape: Sequence[int] = (3, 32, 32), blocks_per_stage: int = 1, *,
+           widths: Sequence[int] = (16, 32, 64), shortcut: str = "A", kernel_size: int = 3,
+           bias: float = 0.0, batchnorm: bool = False, skips: bool = True) -> nx.DiGraph:
+    """CIFAR ResNet of the 6n+2 family (He et al. 2016, §4.2) in edge-centric form.
+
+    A 3x3 stem conv to ``widths[0]`` channels, then one stage per width with
+    ``blocks_per_stage`` basic blocks (two 3x3 convs); the first block of every
+    later stage halves the map with stride 2. A block computes
+    ``a = conv(h) + skip(x)`` at its second node, so the skip is one more
+    incoming edge of that node (identity, or ``shortcut`` = option A / ``project``
+    = option B where the shape changes). Depth ``6 n + 2`` counts the classifier.
+
+    Parameters
+    ----------
+    skips : bool
+        ``False`` drops all skip edges: the chain twin with the same learned
+        convolutions (up to projection weights), as in the seed paper's Fig. 5.
+    shortcut : ``"A"`` or ``"B"``
+        Option A (zero-padding ``shortcut`` edge) or B (``project`` edge).
+    """
+    if shortcut not in ("A", "B"):
+        raise ValueError(f"resnet: shortcut must be 'A' or 'B', got {shortcut!r}")
+    if blocks_per_stage < 1:
+        raise ValueError(f"resnet: blocks_per_stage must be >= 1, got {blocks_per_stage}")
+    node = {"bias": bias, "batchnorm": batchnorm}
+    conv = {"op": "conv", "kernel_size": kernel_size}
+    g = _input_graph(input_shape)
+    g.add_node("stem", channels=int(widths[0]), **node)
+    g.add_edge("x", "stem", **conv)
+    prev = "stem"
+    for s, width in enumerate(widths, start=1):
+        for b in range(1, blocks_per_stage + 1):
+            stride = 2 if (s > 1 and b == 1) else 1
+            mid, end = f"s{s}b{b}a", f"s{s}b{b}b"
+            g.add_node(mid, channels=int(width), **node)
+            g.add_node(end, channels=int(width), **node)
+            g.add_edge(prev, mid, **conv, stride=stride)
+            g.add_edge(mid, end, **conv)
+            if skips:
+                if g.nodes[prev]["channels"] == width and stride == 1:
+                    g.add_edge(prev, end, op="identity")
+                elif shortcut == "A":
+                    g.add_edge(prev, end, op="shortcut", stride=stride)
+                else:
+                    g.add_edge(prev, end, op="project", stride=stride)
+            prev = end
+    return validate(g)
+
+
+def densenet(input_shape: Sequence[int] = (3, 32, 32), layers_per_stage: int = 3, *,
+             widths: Sequence[int] = (16, 32, 64), kernel_size: int = 3, bias: float = 0.0,
+             batchnorm: bool = False) -> nx.DiGraph:
+    """A DenseNet-style graph: within a stage, every node receives a learned conv from
+    every earlier node of that stage (Huang et al. 2017, in summation form).
+
+    A stem conv, then per stage ``layers_per_stage`` nodes of ``widths[s]``
+    channels. Node ``i`` of a stage gets a ``kernel_size`` conv from every earlier
+    node of the stage (and from the stage's entry node); the first node of a
+    later stage downsamples the previous stage's last node with stride 2. These
+    learned skips make the global dictionary denser than a ResNet's identity
+    skips (Murdock & Lucey 2020).
+    """
+    node = {"bias": bias, "batchnorm": batchnorm}
+    g = _input_graph(input_shape)
+    g.add_node("stem", channels=int(widths[0]), **node)
+    g.add_edge("x", "stem", op="conv", kernel_size=kernel_size)
+    entry = "stem"
+    for s, width in enumerate(widths, start=1):
+        stride = 1 if s == 1 else 2
+        members = []
+        for i in range(1, layers_per_stage + 1):
+            name = f"d{s}l{i}"
+            g.add_node(name, channels=int(width), **node)
+            g.add_edge(entry, name, op="conv", kernel_size=kernel_size, stride=stride)
+            for m in members:
+                g.add_edge(m, name, op="conv", kernel_size=kernel_size)
+            members.append(name)
+        entry = members[-1]
+    return validate(g)
+
+
+# --------------------------------------------------------------------------
+# node-link JSON
+# --------------------------------------------------------------------------
+_DERIVED = ("in_shape", "out_shape", "input_shape")
+
+
+def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
+    """Write ``g`` as networkx node-link JSON (atomically: temp file + rename).
+
+    Derived attributes (inferred shapes) are dropped; the input's ``shape`` stays.
+    """
+    h = g.copy()
+    for n, a in h.nodes(data=True):
+        if a.get("kind") != "input":
+            a.pop("shape", None)
+        for key in _DERIVED:
+            a.pop(key, None)
+    for _, _, a in h.edges(data=True):
+        for key in _DERIVED:
+            a.pop(key, None)
+    data = nx.node_link_data(h, edges="edges")
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a node-link JSON architecture and :func:`validate` it."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no architecture file at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ArchitectureError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise ArchitectureError(f"{path}: not a networkx node-link graph (no 'nodes')")
+    key = "edges" if "edges" in data else "links"
+    try:
+        g = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
+    except (KeyError, TypeError, nx.NetworkXError) as exc:
+        raise ArchitectureError(f"{path}: malformed node-link data ({exc})") from None
+    return validate(g)
+
+
+_BUILDERS = {"chain": chain, "resnet": resnet, "densenet": densenet}
+
+
+def from_spec(spec: str) -> nx.DiGraph:
+    """An architecture from a command-line spec or a JSON file.
+
+    ``"resnet"``, ``"resnet:blocks_per_stage=2,shortcut=B"``,
+    ``"chain:input_shape=1x8x8,widths=8x16"`` (``x`` separates tuple entries),
+    or the path of a node-link JSON file.
+    """
+    if os.path.exists(spec) or spec.endswith(".json"):
+        return load(spec)
+    name, _, rest = spec.partition(":")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown architecture {name!r}: expected one of {sorted(_BUILDERS)} "
+                         "or a .json file")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"architecture spec {spec!r}: expected key=value, got {item!r}")
+        kwargs[key.strip()] = _parse_value(value.strip())
+    if name == "chain":
+        kwargs.setdefault("input_shape", (1, 8, 8))
+        kwargs.setdefault("widths", (8, 16))
+    for key in ("input_shape", "widths", "strides"):
+        if key in kwargs and not isinstance(kwargs[key], tuple):
+            kwargs[key] = (kwargs[key],)
+    try:
+        return _BUILDERS[name](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"architecture spec {spec!r}: {exc}") from None
+
+
+def _parse_value(text: str) -> Any:
+    if "x" in text and all(p.isdigit() for p in text.split("x")):
+        return tuple(int(p) for p in text.split("x"))
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
