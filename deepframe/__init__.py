@@ -9,13 +9,17 @@ and into pursuit solvers, and measures its geometry.
 
 from .dictionary import GlobalDictionary, dictionary
 from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
+from .pursuit import PursuitNet, Trace, compile
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureError",
     "GlobalDictionary",
+    "PursuitNet",
+    "Trace",
     "chain",
+    "compile",
     "densenet",
     "dictionary",
     "load",

@@ -1,0 +1,589 @@
+"""Pursuit solvers compiled from architecture graphs (SPEC §4).
+
+``compile(graph, method=..., iterations=T)`` returns a :class:`PursuitNet`, a
+``torch.nn.Module`` that approximately solves the global non-negative LASSO
+
+    minimise_{w >= 0}  F(w) = 1/2 sum_t ||r_t(w)||^2 + sum_j <lambda_j, w_j>
+
+of the graph (the terms ``r_t`` of :mod:`deepframe.dictionary`) by T unrolled
+iterations, then classifies the output node's code (global average pooling +
+linear). Methods, in a string-keyed registry:
+
+* ``"feedforward"`` (L-TP, Eq. 4): ``w_j = ReLU(a_j - lambda_j)`` in
+  topological order with ``a_j = sum_{t: synth j} A_t (target_t)``, which is
+  ``sum_{k -> j} A_jk w_k`` for edge-centric nodes (the ordinary network) and
+  ``A_j (sum_k E_jk w_k)`` for node-centric ones (Eq. 17).
+* ``"layered"`` (L-BP, Algorithm 1): node by node, feed-forward initialisation,
+  then T proximal-gradient steps on the node's own terms only (predecessors
+  fixed, no feedback).
+* ``"deep"`` (DP, Algorithm 2): feed-forward initialisation, then T sweeps of
+  block coordinate descent over all nodes (Gauss-Seidel by default) with
+  extrapolation (Eq. 14) and the proximal step (Eq. 13)
+
+      w_j <- ReLU( w^_j - s_j (grad_j f + lambda_j) ),    s_j = 1 / (beta_j L_j)
+
+  where ``grad_j f`` is Eq. 15 / Eq. 18 in the terms' notation
+  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t``.
+  DP-res is DP on a graph with skip edges.
+
+No ``.item()``, no data-dependent Python branching and no detach inside the
+unrolled loop: attacks differentiate through every iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .dictionary import (
+    GlobalDictionary,
+    Term,
+    build_terms,
+    node_lambdas,
+    random_weights,
+)
+from .graph import activation_nodes, input_node, output_node, validate
+
+__all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
+
+METHODS = ("feedforward", "layered", "deep")
+SCHEDULES = ("gauss-seidel", "jacobi")
+THRESHOLDS = ("step", "paper")
+
+_BN_EPS = 1e-5
+_BN_MOMENTUM = 0.1
+_LAMBDA_FLOOR = 1e-4  # softplus cannot reach 0: a requested lambda of 0 starts here
+_BETA_INIT = 1.0 - 1e-4  # beta = exp(-softplus(rho)) cannot reach 1: learned beta starts here
+
+
+@dataclass
+class Trace:
+    """What happened at each iteration of a pursuit (the seed's Fig. 8).
+
+    Index 0 is the feed-forward initialisation, index ``t`` the state after
+    iteration (sweep) ``t``.
+
+    Attributes
+    ----------
+    objective : torch.Tensor
+        ``(T + 1, B)``: ``F(w^[t])`` per sample (with the effective, batch-norm
+        folded dictionary and lambdas the solver used).
+    term_errors : dict
+        ``{term name: (T + 1, B)}``: ``||r_t||^2 / ||target_t||^2`` where
+        ``target_t = sum_k P_tk w_k + P x`` is what the term reconstructs.
+    node_errors : dict
+        ``{node: (T + 1, B)}``: the same ratio summed over the terms that
+        synthesise from the node (its layer's reconstruction error).
+    """
+
+    objective: torch.Tensor
+    term_errors: dict
+    node_errors: dict
+
+
+class _Scaled(ops.Operator):
+    """``S A`` for a per-channel scale ``s`` of the destination (batch-norm folding)."""
+
+    def __init__(self, op: ops.Operator, scale: torch.Tensor):
+        super().__init__(op.in_shape, op.out_shape)
+        self.inner, self.weight = op, op.weight
+        self.scale = scale.reshape(*scale.shape, *([1] * (len(op.out_shape) - 1)))
+
+    def forward(self, x):
+        return self.inner.forward(x) * self.scale
+
+    def adjoint(self, y):
+        return self.inner.adjoint(y * self.scale)
+
+
+def _safe_name(key: str, taken: set) -> str:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", key.replace("->", "__"))
+    base, i = name, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _fista_alphas(iterations: int) -> list[float]:
+    """FISTA momentum ``alpha_t = (tau_{t-1} - 1) / tau_t`` (Beck & Teboulle 2009)."""
+    out, tau = [], 1.0
+    for _ in range(iterations):
+        nxt = (1.0 + math.sqrt(1.0 + 4.0 * tau * tau)) / 2.0
+        out.append((tau - 1.0) / nxt)
+        tau = nxt
+    return out
+
+
+class PursuitNet(nn.Module):
+    """A pursuit solver over an architecture graph followed by a linear classifier.
+
+    Built by :func:`compile`; see its documentation for the options.
+
+    Learned parameters: the graph's weights (``weights``), ``lambda_j >= 0``
+    per channel as ``softplus(rho)`` (``lambda_rho``), ``beta_j in (0, 1)`` as
+    ``exp(-softplus(rho))`` (``beta_rho``, only with ``beta="learned"``), the
+    batch-norm scales (``bn_scale``) and the classifier ``head``.
+    """
+
+    def __init__(self, graph: nx.DiGraph, *, method: str, iterations: int, alpha,
+                 beta, learn_lambda: bool, threshold: str, schedule: str, num_classes: int,
+                 mean, std, power_iterations: int, seed: int):
+        super().__init__()
+        self.graph = graph
+        self.method = method
+        self.iterations = int(iterations)
+        self.threshold = threshold
+        self.schedule = schedule
+        self.power_iterations = int(power_iterations)
+        self.nodes = activation_nodes(graph)
+        self.input = input_node(graph)
+        self.output = output_node(graph)
+        self.input_shape = tuple(graph.nodes[self.input]["shape"])
+        if alpha == "fista":
+            self.alphas = _fista_alphas(self.iterations)
+        else:
+            self.alphas = [float(alpha)] * self.iterations
+
+        taken: set = set()
+        self._names = {}  # weight key or node -> parameter name
+        self.weights = nn.ParameterDict()
+        for key, w in random_weights(graph, seed=seed, dtype=torch.float32).items():
+            self._names[key] = _safe_name(key, taken)
+            self.weights[self._names[key]] = nn.Parameter(w)
+        self.lambda_rho = nn.ParameterDict()
+        self.beta_rho = nn.ParameterDict()
+        self.bn_scale = nn.ParameterDict()
+        self._fixed_beta = None if beta == "learned" else float(beta)
+        for j, lam in node_lambdas(graph, dtype=torch.float32).items():
+            name = _safe_name(str(j), taken)
+            self._names[j] = name
+            rho = torch.log(torch.expm1(lam.clamp_min(_LAMBDA_FLOOR)))
+            self.lambda_rho[name] = nn.Parameter(rho, requires_grad=learn_lambda)
+            if self._fixed_beta is None:
+                self.beta_rho[name] = nn.Parameter(
+                    torch.tensor(math.log(math.expm1(-math.log(_BETA_INIT)))))
+            if graph.nodes[j].get("batchnorm", False):
+                c = graph.nodes[j]["shape"][0]
+                self.bn_scale[name] = nn.Parameter(torch.ones(c))
+                self.register_buffer(f"bn_mean_{name}", torch.zeros(c))
+                self.register_buffer(f"bn_var_{name}", torch.ones(c))
+
+        c_out = graph.nodes[self.output]["shape"][0]
+        self.head = nn.Linear(c_out, num_classes)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(c_out)
+            self.head.weight.copy_(torch.rand(self.head.weight.shape, generator=gen) * 2 * bound
+                                   - bound)
+            self.head.bias.zero_()
+
+        shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
+        mean = torch.zeros(self.input_shape[0]) if mean is None else torch.as_tensor(mean)
+        std = torch.ones(self.input_shape[0]) if std is None else torch.as_tensor(std)
+        self.register_buffer("input_mean", mean.float().reshape(shape).clone())
+        self.register_buffer("input_std", std.float().reshape(shape).clone())
+
+        # Structure of the terms (weights-independent): which terms touch which node.
+        terms = build_terms(graph, self.weight_dict())
+        self._term_names = [t.name for t in terms]
+        self._synth_terms = {j: [i for i, t in enumerate(terms) if t.synth == j]
+                             for j in self.nodes}
+        self._target_terms = {j: [(i, n) for i, t in enumerate(terms)
+                                  for n, (k, _) in enumerate(t.targets) if k == j]
+                              for j in self.nodes}
+        # Persistent power-iteration vectors for every parametrised operator.
+        self._power = []  # (term index, target index or None, buffer name)
+        for i, t in enumerate(terms):
+            for n, op in [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]:
+                if op.weight is None:
+                    continue
+                name = f"power_{i}_{'s' if n is None else n}"
+                g = torch.Generator().manual_seed(seed + 7 + len(self._power))
+                v = torch.randn((1, *op.out_shape), generator=g)
+                self.register_buffer(name + "_v", v / v.norm())
+                self.register_buffer(name + "_sq", torch.ones(()))
+                self._power.append((i, n, name))
+
+    # ------------------------------------------------------------------
+    # parameters as the graph names them
+    # ------------------------------------------------------------------
+    def weight_dict(self) -> dict[str, torch.Tensor]:
+        """``{weight key: parameter}`` with the keys of :func:`parameter_shapes`."""
+        return {key: self.weights[name] for key, name in self._names.items()
+                if isinstance(key, str) and name in self.weights}
+
+    def lambdas(self) -> dict:
+        """``{node: lambda_j}`` (per channel/feature, ``>= 0``)."""
+        return {j: F.softplus(self.lambda_rho[self._names[j]]) for j in self.nodes}
+
+    def betas(self) -> dict:
+        """``{node: beta_j}`` in ``(0, 1]``."""
+        if self._fixed_beta is not None:
+            return {j: self._fixed_beta for j in self.nodes}
+        return {j: torch.exp(-F.softplus(self.beta_rho[self._names[j]])) for j in self.nodes}
+
+    def terms(self) -> list[Term]:
+        """The residual terms with the current weights (batch norm not folded)."""
+        return build_terms(self.graph, self.weight_dict())
+
+    def dictionary(self) -> GlobalDictionary:
+        """The :class:`GlobalDictionary` of the current weights and lambdas (detached).
+
+        Batch norm, where used, scales the columns of a node's synthesis blocks
+        during pursuit; that leaves every unit-norm geometric quantity unchanged,
+        and is not part of this dictionary.
+        """
+        weights = {k: w.detach() for k, w in self.weight_dict().items()}
+        lambdas = {j: lam.detach() for j, lam in self.lambdas().items()}
+        return GlobalDictionary(self.graph, weights, lambdas)
+
+    # ------------------------------------------------------------------
+    # Lipschitz constants
+    # ------------------------------------------------------------------
+    def _term_op(self, terms, i, n):
+        return terms[i].op if n is None else terms[i].targets[n][1]
+
+    @torch.no_grad()
+    def refresh_lipschitz(self, *, exact: bool = False, iterations: int | None = None,
+                          tol: float = 1e-7) -> None:
+        """Re-estimate every ``||A||_2^2`` of the solver.
+
+        Parameters
+        ----------
+        exact : bool
+            Largest singular value of each operator's dense matrix (analysis;
+            small graphs only).
+        iterations : int, optional
+            Power iterations with the persistent vectors (default:
+            ``power_iterations``); stops early once the estimate changes by less
+            than ``tol`` (relative).
+        """
+        terms = self.terms()
+        for i, n, name in self._power:
+            op = self._term_op(terms, i, n)
+            sq = getattr(self, name + "_sq")
+            if exact:
+                sq.copy_(torch.tensor(op.sqnorm(exact=True)))
+                continue
+            v = getattr(self, name + "_v")
+            previous = None
+            for _ in range(iterations or self.power_iterations):
+                w = op.forward(op.adjoint(v))
+                v.copy_(w / w.norm().clamp_min(1e-30))
+                estimate = float(op.adjoint(v).pow(2).sum())
+                if previous is not None and abs(estimate - previous) <= tol * estimate:
+                    break
+                previous = estimate
+            sq.copy_(op.adjoint(v).pow(2).sum())
+
+    @torch.no_grad()
+    def _power_step(self, terms) -> None:
+        """One power iteration per operator (training mode: once per forward pass)."""
+        for i, n, name in self._power:
+            op = self._term_op(terms, i, n)
+            v = getattr(self, name + "_v")
+            w = op.forward(op.adjoint(v))
+            v.copy_(w / w.norm().clamp_min(1e-30))
+            getattr(self, name + "_sq").copy_(op.adjoint(v).pow(2).sum())
+
+    def _sqnorms(self) -> tuple[dict, dict]:
+        """Per node: ``sum_{t: synth j} ||B_t||^2`` and ``sum_{t: j target} ||P_tj||^2``."""
+        sq = {(i, n): getattr(self, name + "_sq") for i, n, name in self._power}
+        synth = {j: sum(sq.get((i, None), 1.0) for i in self._synth_terms[j])
+                 for j in self.nodes}
+        target = {j: sum(sq.get((i, n), 1.0) for i, n in self._target_terms[j])
+                  for j in self.nodes}
+        return synth, target
+
+    def lipschitz(self) -> dict:
+        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` (detached;
+        batch norm not folded)."""
+        synth, target = self._sqnorms()
+        return {j: synth[j] + target[j] for j in self.nodes}
+
+    # ------------------------------------------------------------------
+    # the solver
+    # ------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images ``x`` in ``[0, 1]`` of shape ``(B, *input_shape)``."""
+        code = self.encode(x)[self.output]
+        pooled = code.flatten(2).mean(2) if code.dim() == 4 else code
+        return self.head(pooled)
+
+    def encode(self, x: torch.Tensor, trace: bool = False):
+        """Codes ``{node: (B, *shape)}`` after the pursuit; with ``trace=True`` also a
+        :class:`Trace`.
+        """
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected input of shape (B, {self.input_shape}), got "
+                             f"{tuple(x.shape)}")
+        xn = self.normalize(x)
+        terms = self.terms()
+        if self.training and self.method != "feedforward" and self.iterations > 0:
+            self._power_step(terms)
+        # Target contributions of the input, constant over the iterations.
+        const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
+
+        codes, problem = self._feedforward(terms, const)
+        history = [dict(codes)] if trace else None
+        if self.method == "layered":
+            codes, per_node = self._layered(terms, const, codes, problem, trace)
+            if trace:
+                history = [{j: per_node[j][t] for j in self.nodes}
+                           for t in range(self.iterations + 1)]
+        elif self.method == "deep":
+            codes = self._deep(terms, const, codes, problem, history)
+        if not trace:
+            return codes
+        return codes, self._trace(terms, const, problem["lambda"], history)
+
+    def _target(self, term: Term, const, codes) -> torch.Tensor | None:
+        """``sum_k P_tk w_k + P x``: what term ``t`` reconstructs."""
+        out = const
+        for k, p in term.targets:
+            v = p.forward(codes[k])
+            out = v if out is None else out + v
+        return out
+
+    def _preactivation(self, j, terms, const, codes) -> torch.Tensor:
+        """``a_j = sum_{t: synth j} A_t (target_t)`` from the current codes."""
+        a = None
+        for i in self._synth_terms[j]:
+            v = terms[i].op.forward(self._target(terms[i], const[i], codes))
+            a = v if a is None else a + v
+        return a
+
+    def _feedforward(self, terms, const):
+        """L-TP (Eq. 4 / Eq. 17) with batch norm, and the problem the iterations solve.
+
+        Returns the codes and ``problem``: per node the feed-forward threshold
+        ``"ff"`` (may be negative with batch norm), the effective ``"lambda"``
+        (``>= 0``) and the Lipschitz bounds ``"L"`` (all blocks) and ``"L_local"``
+        (the node's own terms). Batch norm of node j is folded into its synthesis
+        blocks as the column scaling ``S_j`` (in place in ``terms``), so that
+        ``||B S||^2 <= max(s^2) ||B||^2`` bounds the scaled blocks.
+        """
+        lambdas = self.lambdas()
+        synth_sq, target_sq = self._sqnorms()
+        codes = {}
+        problem = {"ff": {}, "lambda": {}, "L": {}, "L_local": {}}
+        for j in self.nodes:
+            a = self._preactivation(j, terms, const, codes)
+            lam = lambdas[j]
+            view = (-1,) + (1,) * (a.dim() - 2)
+            name = self._names[j]
+            if name in self.bn_scale:
+                gamma = self.bn_scale[name]
+                mean, var = getattr(self, f"bn_mean_{name}"), getattr(self, f"bn_var_{name}")
+                pre = F.batch_norm(a, mean, var, gamma, -lam, self.training, _BN_MOMENTUM,
+                                   _BN_EPS)
+                if self.training:
+                    dims = [0] + list(range(2, a.dim()))
+                    mean, var = a.mean(dims), a.var(dims, unbiased=False)
+                scale = gamma / torch.sqrt(var + _BN_EPS)
+                for i in self._synth_terms[j]:
+                    terms[i].op = _Scaled(terms[i].op, scale)
+                threshold = lam + scale * mean
+                synth = synth_sq[j] * scale.pow(2).max()
+            else:
+                pre = a - lam.reshape(view)
+                threshold, synth = lam, synth_sq[j]
+            codes[j] = F.relu(pre)
+            problem["ff"][j] = threshold
+            problem["lambda"][j] = F.relu(threshold)
+            problem["L"][j] = synth + target_sq[j]
+            problem["L_local"][j] = synth
+        return codes, problem
+
+    def _step(self, w_hat, grad, lam, lip, beta):
+        view = (-1,) + (1,) * (w_hat.dim() - 2)
+        step = 1.0 / (beta * lip)
+        lam = lam.reshape(view)
+        if self.threshold == "step":
+            return F.relu(w_hat - step * (grad + lam))
+        return F.relu(w_hat - step * grad - lam)
+
+    def _grad(self, j, terms, const, codes, w_hat, synth_only=False):
+        """``grad_j f`` at ``w_j = w_hat`` and the other blocks from ``codes``."""
+        grad = None
+        for i in self._synth_terms[j]:
+            t = terms[i]
+            r = self._target(t, const[i], codes) - t.op.adjoint(w_hat)
+            v = -t.op.forward(r)
+            grad = v if grad is None else grad + v
+        if not synth_only:
+            for i, n in self._target_terms[j]:
+                t = terms[i]
+                local = dict(codes)
+                local[j] = w_hat
+                r = self._target(t, const[i], local) - t.op.adjoint(codes[t.synth])
+                v = t.targets[n][1].adjoint(r)
+                grad = v if grad is None else grad + v
+        return grad
+
+    def gradient(self, x: torch.Tensor, codes: Mapping) -> dict:
+        """``{node: grad_j f}`` of the smooth part at ``codes`` (Eq. 15 / Eq. 18).
+
+        The same block gradient the solver uses; batch norm is not folded.
+        """
+        xn = self.normalize(x)
+        terms = self.terms()
+        const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
+        return {j: self._grad(j, terms, const, codes, codes[j]) for j in self.nodes}
+
+    def _layered(self, terms, const, codes, problem, trace):
+        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
+        betas = self.betas()
+        codes = dict(codes)
+        per_node = {}
+        for j in self.nodes:
+            # Re-initialise by thresholding the predecessors' final codes (Eq. 9).
+            a = self._preactivation(j, terms, const, codes)
+            view = (-1,) + (1,) * (a.dim() - 2)
+            w = prev = F.relu(a - problem["ff"][j].reshape(view))
+            history = [w] if trace else None
+            for t in range(self.iterations):
+                w_hat = w + self.alphas[t] * (w - prev)
+                grad = self._grad(j, terms, const, codes, w_hat, synth_only=True)
+                prev, w = w, self._step(w_hat, grad, problem["lambda"][j],
+                                        problem["L_local"][j], betas[j])
+                if trace:
+                    history.append(w)
+            codes[j] = w
+            per_node[j] = history
+        return codes, per_node
+
+    def _deep(self, terms, const, codes, problem, history):
+        """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent."""
+        betas = self.betas()
+        codes = dict(codes)
+        prev = dict(codes)
+        jacobi = self.schedule == "jacobi"
+        for t in range(self.iterations):
+            alpha = self.alphas[t]
+            source = dict(codes) if jacobi else codes
+            new_prev = dict(codes)
+            for j in self.nodes:
+                w = source[j]
+                w_hat = w + alpha * (w - prev[j])
+                grad = self._grad(j, terms, const, source, w_hat)
+                codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j],
+                                      betas[j])
+            prev = new_prev
+            if history is not None:
+                history.append(dict(codes))
+        return codes
+
+    def _trace(self, terms, const, lam_eff, history) -> Trace:
+        objective, term_errors = [], {t.name: [] for t in terms}
+        node_num = {j: [] for j in self.nodes}
+        node_den = {j: [] for j in self.nodes}
+        for codes in history:
+            total = 0.0
+            nums = {j: 0.0 for j in self.nodes}
+            dens = {j: 0.0 for j in self.nodes}
+            for i, t in enumerate(terms):
+                target = self._target(t, const[i], codes)
+                r = target - t.op.adjoint(codes[t.synth])
+                num = r.flatten(1).pow(2).sum(1)
+                den = target.flatten(1).pow(2).sum(1)
+                term_errors[t.name].append(num / den.clamp_min(1e-30))
+                nums[t.synth] = nums[t.synth] + num
+                dens[t.synth] = dens[t.synth] + den
+                total = total + 0.5 * num
+            for j in self.nodes:
+                w = codes[j]
+                lam = lam_eff[j].reshape((-1,) + (1,) * (w.dim() - 2))
+                total = total + (w * lam).flatten(1).sum(1)
+                node_num[j].append(nums[j])
+                node_den[j].append(dens[j])
+            objective.append(total)
+        return Trace(
+            objective=torch.stack(objective).detach(),
+            term_errors={k: torch.stack(v).detach() for k, v in term_errors.items()},
+            node_errors={j: (torch.stack(node_num[j]) / torch.stack(node_den[j]).clamp_min(
+                1e-30)).detach() for j in self.nodes},
+        )
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method!r}, iterations={self.iterations}, "
+                f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
+                f"nodes={len(self.nodes)}")
+
+
+def compile(graph: nx.DiGraph, method: str = "deep", iterations: int = 0, *,
+            alpha: float | str = 0.0, beta: float | str = "learned", learn_lambda: bool = True,
+            threshold: str = "step", schedule: str = "gauss-seidel", num_classes: int = 10,
+            mean=None, std=None, power_iterations: int = 1, seed: int = 0,
+            dtype: torch.dtype = torch.float32, device=None) -> PursuitNet:
+    """Compile an architecture graph into a pursuit solver + classifier.
+
+    Parameters
+    ----------
+    graph : networkx.DiGraph
+        Architecture (validated here).
+    method : {"feedforward", "layered", "deep"}
+        L-TP, L-BP (Algorithm 1) or DP (Algorithm 2; DP-res on graphs with skips).
+    iterations : int
+        ``T``, the number of unrolled iterations (ignored by ``"feedforward"``).
+    alpha : float in [0, 1) or ``"fista"``
+        Extrapolation ``w^ = w^[t-1] + alpha (w^[t-1] - w^[t-2])`` (Eq. 14), fixed,
+        or the FISTA momentum schedule.
+    beta : ``"learned"`` or float in (0, 1]
+        Step ``s_j = 1 / (beta_j L_j)``: learned per node (initialised just below
+        1) or fixed.
+    learn_lambda : bool
+        Learn ``lambda_j = softplus(rho_j) >= 0`` per channel (initialised from the
+        nodes' ``bias``, at least 1e-4).
+    threshold : {"step", "paper"}
+        ``"step"`` thresholds by ``s_j lambda_j`` (fixed points = minimisers of F);
+        ``"paper"`` by ``lambda_j``, literally Eq. 13.
+    schedule : {"gauss-seidel", "jacobi"}
+        Deep pursuit order: newest values of every block (Gauss-Seidel, Algorithm 2)
+        or all blocks from the previous sweep (Jacobi; parallel, but the block
+        step ``1 / L_j`` no longer guarantees descent).
+    num_classes : int
+        Outputs of the linear head.
+    mean, std : sequence of float, optional
+        Per-channel input normalisation applied inside the model.
+    power_iterations : int
+        Power-iteration steps per training forward pass for ``L_j``.
+    seed : int
+        Seed of the initial weights (the same He-style weights as
+        ``deepframe.dictionary(graph, seed=seed)``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"compile: unknown method {method!r}; expected one of {METHODS}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"compile: unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of "
+                         f"{THRESHOLDS}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"compile: iterations must be an integer >= 0, got {iterations!r}")
+    if alpha != "fista" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
+        raise ValueError(f"compile: alpha must be in [0, 1) or 'fista', got {alpha!r}")
+    if beta != "learned" and not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
+        raise ValueError(f"compile: beta must be in (0, 1] or 'learned', got {beta!r}")
+    g = validate(graph)
+    if method == "feedforward":
+        iterations = 0
+    net = PursuitNet(g, method=method, iterations=iterations, alpha=alpha, beta=beta,
+                     learn_lambda=learn_lambda, threshold=threshold, schedule=schedule,
+                     num_classes=num_classes, mean=mean, std=std,
+                     power_iterations=power_iterations, seed=seed)
+    net = net.to(dtype=dtype, device=device)
+    net.refresh_lipschitz(iterations=100)
+    return net
