@@ -154,11 +154,12 @@ class PursuitNet(nn.Module):
             self.alphas = [float(alpha)] * self.iterations
 
         taken: set = set()
-        self._names = {}  # weight key or node -> parameter name
+        self._weight_names = {}  # weight key -> parameter name
+        self._names = {}  # node -> parameter name of its lambda, beta, batch norm
         self.weights = nn.ParameterDict()
         for key, w in random_weights(graph, seed=seed, dtype=torch.float32).items():
-            self._names[key] = _safe_name(key, taken)
-            self.weights[self._names[key]] = nn.Parameter(w)
+            self._weight_names[key] = _safe_name(key, taken)
+            self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
@@ -218,8 +219,7 @@ class PursuitNet(nn.Module):
     # ------------------------------------------------------------------
     def weight_dict(self) -> dict[str, torch.Tensor]:
         """``{weight key: parameter}`` with the keys of :func:`parameter_shapes`."""
-        return {key: self.weights[name] for key, name in self._names.items()
-                if isinstance(key, str) and name in self.weights}
+        return {key: self.weights[name] for key, name in self._weight_names.items()}
 
     def lambdas(self) -> dict:
         """``{node: lambda_j}`` (per channel/feature, ``>= 0``)."""
