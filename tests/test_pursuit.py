@@ -11,6 +11,7 @@ from scipy.optimize import minimize
 
 import deepframe as df
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """These problems are tiny: one thread avoids OpenMP hand-off costs per operator call."""
