@@ -550,7 +550,7 @@ def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
     Derived attributes (inferred shapes) are dropped; the input's ``shape`` stays.
     """
     h = g.copy()
-    for n, a in h.nodes(data=True):
+    for _, a in h.nodes(data=True):
         if a.get("kind") != "input":
             a.pop("shape", None)
         for key in _DERIVED:
