@@ -40,6 +40,9 @@ __all__ = [
     "dictionary",
     "parameter_shapes",
     "build_terms",
+    "term_specs",
+    "TermSpec",
+    "OpSpec",
     "edge_key",
     "random_weights",
     "node_lambdas",
@@ -154,46 +157,101 @@ def node_lambdas(g: nx.DiGraph, *, dtype=torch.float64, device="cpu") -> dict:
     return out
 
 
-def _make_op(op: str, attrs: Mapping, in_shape, out_shape, weight) -> ops.Operator:
+@dataclass(frozen=True)
+class OpSpec:
+    """A weight-independent description of one operator of a term."""
+
+    kind: str
+    in_shape: tuple
+    out_shape: tuple
+    stride: int = 1
+    kernel_size: int = 1
+    padding: int = 0
+    weight_key: str | None = None
+
+    def build(self, weights: Mapping[str, torch.Tensor]) -> ops.Operator:
+        """The operator with its weight taken from ``weights``."""
+        kind = self.kind
+        if kind == "identity":
+            return ops.Identity(self.in_shape)
+        if kind == "shortcut":
+            return ops.Shortcut(self.in_shape, self.out_shape[0], stride=self.stride)
+        weight = weights[self.weight_key]
+        if kind == "dense":
+            return ops.Dense(weight, self.in_shape)
+        if kind == "project":
+            return ops.Project(weight, self.in_shape, stride=self.stride)
+        return ops.Conv(weight, self.in_shape, stride=self.stride, padding=self.padding)
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """A weight-independent description of one term (see :class:`Term`)."""
+
+    name: str
+    synth: object
+    op: OpSpec
+    targets: tuple = ()
+    inputs: tuple = ()
+
+    def build(self, weights: Mapping[str, torch.Tensor]) -> Term:
+        return Term(self.name, self.synth, self.op.build(weights),
+                    [(k, p.build(weights)) for k, p in self.targets],
+                    [p.build(weights) for p in self.inputs])
+
+
+def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
     if op == "identity":
-        return ops.Identity(in_shape)
+        return OpSpec("identity", in_shape, out_shape)
     if op == "shortcut":
-        return ops.Shortcut(in_shape, out_shape[0], stride=attrs.get("stride", 1))
+        return OpSpec("shortcut", in_shape, out_shape, stride=attrs.get("stride", 1))
     if op == "dense" or (op == "project" and len(in_shape) == 1):
-        return ops.Dense(weight, in_shape)
+        return OpSpec("dense", in_shape, out_shape, weight_key=key)
     if op == "project":
-        return ops.Project(weight, in_shape, stride=attrs.get("stride", 1))
+        return OpSpec("project", in_shape, out_shape, stride=attrs.get("stride", 1),
+                      weight_key=key)
     k = attrs["kernel_size"]
-    return ops.Conv(weight, in_shape, stride=attrs.get("stride", 1),
-                    padding=attrs.get("padding", k // 2))
+    return OpSpec("conv", in_shape, out_shape, stride=attrs.get("stride", 1), kernel_size=k,
+                  padding=attrs.get("padding", k // 2), weight_key=key)
 
 
-def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
-    """The residual terms of a validated graph with the given weights (SPEC §3)."""
+def term_specs(g: nx.DiGraph) -> list[TermSpec]:
+    """The residual terms of a validated graph, without weights (SPEC §3).
+
+    Edge-centric node ``j``: one term per incoming edge ``k -> j`` (synthesis by the
+    edge operator, target ``w_k`` or ``x`` through the identity). Node-centric node
+    ``j``: one term (synthesis by the node's operator, targets through the edges).
+    """
     src = input_node(g)
-    terms = []
+    specs = []
     for j in activation_nodes(g):
         na = g.nodes[j]
         preds = sorted(g.predecessors(j), key=str)
         if na.get("merge", "edge") == "edge":
             for k in preds:
                 a = g.edges[k, j]
-                op = _make_op(a["op"], a, a["in_shape"], a["out_shape"],
-                              weights.get(edge_key(k, j)))
-                ident = ops.Identity(a["in_shape"])
-                term = Term(edge_key(k, j), j, op)
-                (term.inputs.append(ident) if k == src else term.targets.append((k, ident)))
-                terms.append(term)
+                op = _op_spec(a["op"], a, a["in_shape"], a["out_shape"], edge_key(k, j))
+                ident = OpSpec("identity", tuple(a["in_shape"]), tuple(a["in_shape"]))
+                if k == src:
+                    specs.append(TermSpec(edge_key(k, j), j, op, inputs=(ident,)))
+                else:
+                    specs.append(TermSpec(edge_key(k, j), j, op, targets=((k, ident),)))
         else:
-            op = _make_op(na["op"], na, na["input_shape"], na["shape"], weights.get(str(j)))
-            term = Term(str(j), j, op)
+            op = _op_spec(na["op"], na, na["input_shape"], na["shape"], str(j))
+            targets, inputs = [], []
             for k in preds:
                 a = g.edges[k, j]
-                e = _make_op(a.get("op", "identity"), a, a["in_shape"], a["out_shape"],
-                             weights.get(edge_key(k, j)))
-                (term.inputs.append(e) if k == src else term.targets.append((k, e)))
-            terms.append(term)
-    return terms
+                e = _op_spec(a.get("op", "identity"), a, a["in_shape"], a["out_shape"],
+                             edge_key(k, j))
+                (inputs.append(e) if k == src else targets.append((k, e)))
+            specs.append(TermSpec(str(j), j, op, tuple(targets), tuple(inputs)))
+    return specs
+
+
+def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
+    """The residual terms of a validated graph with the given weights (SPEC §3)."""
+    return [spec.build(weights) for spec in term_specs(g)]
 
 
 # --------------------------------------------------------------------------

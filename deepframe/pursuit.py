@@ -46,9 +46,9 @@ from . import ops
 from .dictionary import (
     GlobalDictionary,
     Term,
-    build_terms,
     node_lambdas,
     random_weights,
+    term_specs,
 )
 from .graph import activation_nodes, input_node, output_node, validate
 
@@ -194,7 +194,8 @@ class PursuitNet(nn.Module):
         self.register_buffer("input_std", std.float().reshape(shape).clone())
 
         # Structure of the terms (weights-independent): which terms touch which node.
-        terms = build_terms(graph, self.weight_dict())
+        self._specs = term_specs(graph)
+        terms = self.terms()
         self._term_names = [t.name for t in terms]
         self._synth_terms = {j: [i for i, t in enumerate(terms) if t.synth == j]
                              for j in self.nodes}
@@ -233,7 +234,8 @@ class PursuitNet(nn.Module):
 
     def terms(self) -> list[Term]:
         """The residual terms with the current weights (batch norm not folded)."""
-        return build_terms(self.graph, self.weight_dict())
+        weights = self.weight_dict()
+        return [spec.build(weights) for spec in self._specs]
 
     def dictionary(self) -> GlobalDictionary:
         """The :class:`GlobalDictionary` of the current weights and lambdas (detached).

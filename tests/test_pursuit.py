@@ -372,3 +372,12 @@ def test_dictionary_of_compiled_net_matches_seeded_dictionary():
 def test_bad_options_are_clear_errors(bad):
     with pytest.raises(ValueError, match="compile"):
         df.compile(GRAPHS["chain"](), **bad)
+
+
+def test_torch_compile_traces_the_unrolled_loop_without_graph_breaks():
+    """``fullgraph=True`` fails on any graph break (host sync, data-dependent branch)."""
+    g = df.resnet((2, 6, 6), 1, widths=(2, 3), bias=0.05, batchnorm=True)
+    net = df.compile(g, method="deep", iterations=2, alpha="fista").eval()
+    x = torch.rand(2, 2, 6, 6)
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), net(x))
