@@ -417,12 +417,17 @@ class PursuitNet(nn.Module):
             return F.relu(w_hat - step * (grad + lam))
         return F.relu(w_hat - step * grad - lam)
 
-    def _grad(self, j, terms, const, codes, w_hat, synth_only=False):
-        """``grad_j f`` at ``w_j = w_hat`` and the other blocks from ``codes``."""
+    def _grad(self, j, terms, const, codes, w_hat, synth, synth_hat, synth_only=False):
+        """``grad_j f`` at ``w_j = w_hat`` and the other blocks from ``codes``.
+
+        ``synth[i] = B_i w_synth(i)`` for the current codes and ``synth_hat[i] =
+        B_i w_hat`` for node j's own terms are passed in, so that a sweep can keep
+        them from one update to the next instead of recomputing them.
+        """
         grad = None
         for i in self._synth_terms[j]:
             t = terms[i]
-            r = self._target(t, const[i], codes) - t.op.adjoint(w_hat)
+            r = self._target(t, const[i], codes) - synth_hat[i]
             v = -t.op.forward(r)
             grad = v if grad is None else grad + v
         if not synth_only:
@@ -430,7 +435,7 @@ class PursuitNet(nn.Module):
                 t = terms[i]
                 local = dict(codes)
                 local[j] = w_hat
-                r = self._target(t, const[i], local) - t.op.adjoint(codes[t.synth])
+                r = self._target(t, const[i], local) - synth[i]
                 v = t.targets[n][1].adjoint(r)
                 grad = v if grad is None else grad + v
         return grad
@@ -443,7 +448,9 @@ class PursuitNet(nn.Module):
         xn = self.normalize(x)
         terms = self.terms()
         const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
-        return {j: self._grad(j, terms, const, codes, codes[j]) for j in self.nodes}
+        synth = [t.op.adjoint(codes[t.synth]) for t in terms]
+        return {j: self._grad(j, terms, const, codes, codes[j], synth, synth)
+                for j in self.nodes}
 
     def _layered(self, terms, const, codes, problem, trace):
         """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
@@ -458,7 +465,8 @@ class PursuitNet(nn.Module):
             history = [w] if trace else None
             for t in range(self.iterations):
                 w_hat = w + self.alphas[t] * (w - prev)
-                grad = self._grad(j, terms, const, codes, w_hat, synth_only=True)
+                own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
+                grad = self._grad(j, terms, const, codes, w_hat, None, own, synth_only=True)
                 prev, w = w, self._step(w_hat, grad, problem["lambda"][j],
                                         problem["L_local"][j], betas[j])
                 if trace:
@@ -468,21 +476,38 @@ class PursuitNet(nn.Module):
         return codes, per_node
 
     def _deep(self, terms, const, codes, problem, history):
-        """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent."""
+        """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent.
+
+        Keeps ``B_i w`` of every term between updates: extrapolation is linear, so
+        ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)`` costs no operator call, and
+        a sweep applies two operators per term (``A_i r`` and ``B_i w_new``).
+        """
         betas = self.betas()
         codes = dict(codes)
         prev = dict(codes)
+        synth = [t.op.adjoint(codes[t.synth]) for t in terms]
+        synth_prev = list(synth)
         jacobi = self.schedule == "jacobi"
         for t in range(self.iterations):
             alpha = self.alphas[t]
             source = dict(codes) if jacobi else codes
+            source_synth = list(synth) if jacobi else synth
             new_prev = dict(codes)
             for j in self.nodes:
                 w = source[j]
-                w_hat = w + alpha * (w - prev[j])
-                grad = self._grad(j, terms, const, source, w_hat)
+                own = self._synth_terms[j]
+                if alpha:
+                    w_hat = w + alpha * (w - prev[j])
+                    hat = {i: source_synth[i] + alpha * (source_synth[i] - synth_prev[i])
+                           for i in own}
+                else:
+                    w_hat, hat = w, {i: source_synth[i] for i in own}
+                grad = self._grad(j, terms, const, source, w_hat, source_synth, hat)
                 codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j],
                                       betas[j])
+                for i in own:
+                    synth_prev[i] = synth[i]
+                    synth[i] = terms[i].op.adjoint(codes[j])
             prev = new_prev
             if history is not None:
                 history.append(dict(codes))
