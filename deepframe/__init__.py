@@ -7,15 +7,22 @@ architectures as networkx graphs, compiles them into that global dictionary
 and into pursuit solvers, and measures its geometry.
 """
 
+from .attacks import audit, fgsm, pgd
 from .dictionary import GlobalDictionary, dictionary
 from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
 from .pursuit import PursuitNet, Trace, compile
+from .train import load_model, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureError",
     "GlobalDictionary",
+    "audit",
+    "fgsm",
+    "pgd",
+    "train",
+    "load_model",
     "PursuitNet",
     "Trace",
     "chain",

@@ -86,6 +86,80 @@ def metrics(args) -> int:
     return 0
 
 
+def train_command(args) -> int:
+    """Train a compiled solver on a dataset; log per epoch, checkpoint, resume."""
+    from pathlib import Path
+
+    from .data import DATASETS, load_dataset
+    from .graph import input_node, validate
+    from .pursuit import compile
+    from .train import model_metadata, train
+
+    info = DATASETS[args.dataset]
+    g = _graph(args.arch)
+    g.nodes[input_node(g)]["shape"] = tuple(info.input_shape)
+    g = validate(g)
+    options = {"method": args.method, "iterations": args.iterations, "alpha": args.alpha,
+               "beta": args.beta, "num_classes": info.num_classes, "mean": list(info.mean),
+               "std": list(info.std), "seed": args.seed}
+    model = compile(g, **options)
+    train_set, val_set = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
+                                      augment=args.augment)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = model_metadata(g, **options)
+    metadata["dataset"] = args.dataset
+    adversarial = {"eps": args.adversarial_eps} if args.adversarial_eps else None
+    history = train(model, train_set, val_set, epochs=args.epochs, batch_size=args.batch_size,
+                    optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, schedule=args.schedule or None,
+                    seed=args.seed, fgsm_eps=args.fgsm_eps, adversarial=adversarial,
+                    log_path=out / "log.jsonl", checkpoint_dir=out, resume=not args.restart,
+                    progress=not args.quiet, device=args.device, metadata=metadata)
+    last = history[-1] if history else {}
+    print(json.dumps({k: last.get(k) for k in ("epoch", "train_acc", "val_acc", "fgsm_eps",
+                                                 "val_fgsm_acc")}))
+    print(f"checkpoint: {out / 'checkpoint.pt'}  log: {out / 'log.jsonl'}")
+    return 0
+
+
+def attack_command(args) -> int:
+    """Accuracy of a trained checkpoint under FGSM or PGD for each eps."""
+    from pathlib import Path
+
+    from .attacks import accuracy, parse_eps_list, robust_accuracy
+    from .data import load_dataset
+    from .train import load_checkpoint, load_model
+
+    model = load_model(args.checkpoint, map_location=args.device or "cpu")
+    dataset = args.dataset or (load_checkpoint(args.checkpoint).get("metadata") or {}).get(
+        "dataset")
+    if dataset is None:
+        raise ValueError(f"{args.checkpoint} does not record its dataset: pass --dataset")
+    _, val_set = load_dataset(dataset, data_dir=args.data_dir, seed=args.seed)
+    if args.limit:
+        import torch
+
+        val_set = torch.utils.data.Subset(val_set, range(min(args.limit, len(val_set))))
+    eps = parse_eps_list(args.eps)
+    clean = accuracy(model, val_set)
+    accs = robust_accuracy(model, val_set, eps, args.attack, steps=args.steps,
+                           seed=args.seed)
+    result = {"checkpoint": str(args.checkpoint), "attack": args.attack, "dataset": dataset,
+              "samples": len(val_set), "clean": clean,
+              "accuracy": {f"{e:.6g}": a for e, a in accs.items()}}
+    print(f"clean accuracy: {clean:.4f}")
+    for (text, e), a in zip(zip(args.eps.split(","), eps), accs.values()):
+        print(f"{args.attack} eps={text.strip()} ({e:.5f}): {a:.4f}")
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(
+        f"attack_{args.attack}.json")
+    from ._io import atomic_write
+
+    atomic_write(out, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_arch(p):
     p.add_argument("arch", help="builder spec (e.g. resnet:blocks_per_stage=1) or a .json file")
 
@@ -110,12 +184,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=metrics)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    p = sub.add_parser("train", help="train a compiled solver (log, checkpoints, resume)")
+    _add_arch(p)
+    p.add_argument("--method", default="deep", choices=["feedforward", "layered", "deep"])
+    p.add_argument("--iterations", type=int, default=0, help="T, unrolled iterations")
+    p.add_argument("--alpha", default=0.0, type=lambda v: v if v == "fista" else float(v))
+    p.add_argument("--beta", default="learned",
+                   type=lambda v: v if v == "learned" else float(v))
+    p.add_argument("--dataset", default="digits", choices=["digits", "synthetic", "cifar10"])
+    p.add_argument("--data-dir", help="folder of cifar-10-batches-py (cifar10 only)")
+    p.add_argument("--augment", action="store_true", help="random crop + flip (cifar10)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam"])
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", ""])
+    p.add_argument("--fgsm-eps", default="8/255", help="eps of the per-epoch FGSM accuracy")
+    p.add_argument("--adversarial-eps", type=float, default=None,
+                   help="FGSM adversarial training (random init) at this eps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs/train", help="folder of log.jsonl and checkpoint.pt")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=train_command)
+
+    p = sub.add_parser("attack", help="accuracy of a checkpoint under FGSM or PGD")
+    p.add_argument("checkpoint")
+    p.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd"])
+    p.add_argument("--eps", default="1/255,2/255,4/255,8/255")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--dataset", default=None, help="default: the one the model was trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="attack the first N samples only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="JSON result (default beside the checkpoint)")
+    p.set_defaults(func=attack_command)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:

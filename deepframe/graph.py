@@ -36,6 +36,7 @@ from typing import Any
 
 import networkx as nx
 
+from ._io import atomic_write
 from .ops import conv_output_size
 
 __all__ = [
@@ -559,13 +560,7 @@ def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
         for key in _DERIVED:
             a.pop(key, None)
     data = nx.node_link_data(h, edges="edges")
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 def load(path: str | os.PathLike) -> nx.DiGraph:

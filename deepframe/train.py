@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ._io import atomic_write
 from .attacks import _eval_mode, _model_device, fgsm, parse_eps, pgd
 from .data import derive_seed, make_loader
 
@@ -81,39 +82,6 @@ _RESUME_KEYS = (
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash at any moment leaves either the old file or the new one, never a
-    truncated mix.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
 
 def _check_plain(value: Any, where: str) -> None:
     """Refuse what ``torch.load(weights_only=True)`` could not read back."""
@@ -153,7 +121,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     _check_plain(payload, "checkpoint")
-    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -416,7 +384,7 @@ def _refresh(model: nn.Module) -> None:
 
 def _write_log(path: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(record) + "\n" for record in history)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _append_log(path: Path, record: dict) -> None:
