@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
 from scipy.optimize import minimize
 
 import deepframe as df
+from deepframe.testing import architectures
 
 
 @pytest.fixture(autouse=True)
@@ -381,3 +383,90 @@ def test_torch_compile_traces_the_unrolled_loop_without_graph_breaks():
     x = torch.rand(2, 2, 6, 6)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), net(x))
+
+
+# ---------------------------------------------------------------------------
+# training smoke test on the built-in digits
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["feedforward", "layered", "deep"])
+def test_a_few_hundred_steps_on_digits_lower_the_loss(method):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(digits.target)
+    g = df.resnet((1, 8, 8), 1, widths=(8, 16), bias=0.01)
+    torch.manual_seed(0)
+    net = df.compile(g, method=method, iterations=3, mean=[0.3], std=[0.4]).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(200):
+        idx = torch.randint(0, len(y), (64,), generator=gen)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    assert np.isfinite(losses).all()
+    assert last < 0.5 * first, (first, last)
+
+
+# ---------------------------------------------------------------------------
+# the same properties on drawn graphs
+# ---------------------------------------------------------------------------
+def _without_batchnorm(g):
+    for _, a in g.nodes(data=True):
+        a.pop("batchnorm", None)
+    return g
+
+
+def _sparse_problem(g):
+    """lambda = 0.2 everywhere: a sparse, well-posed problem.
+
+    With lambda near 0 and more atoms than rows the problem is nearly least squares
+    and (block) ISTA converges sublinearly, O(1/t): a relative gap of 1e-6 can take
+    far more than 1500 sweeps there (a rate, not an error: F still decreases at
+    every sweep). With lambda = 0.2 every one of 120 drawn graphs checked reached
+    1e-6 within 1500 sweeps.
+    """
+    for _, a in _without_batchnorm(g).nodes(data=True):
+        if a.get("kind") != "input":
+            a["bias"] = 0.2
+    return g
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(graph=architectures(max_nodes=3, max_atoms=250).map(_sparse_problem))
+def test_deep_pursuit_reaches_the_minimiser_on_drawn_graphs(graph):
+    torch.set_num_threads(1)
+    net = df.compile(graph, method="deep", iterations=1500, beta=1.0, dtype=f64).eval()
+    net.refresh_lipschitz(exact=True)
+    x = _x(net.input_shape, batch=1, seed=7)
+    with torch.no_grad():
+        codes, trace = net.encode(x, trace=True)
+    obj = trace.objective[:, 0]
+    assert torch.all(obj[1:] <= obj[:-1] * (1 + 1e-12) + 1e-12)
+    D, A, y, lam = _dense_problem(net, x)
+    _, f_ref = _lbfgsb(A, y, lam)
+    f_dp = float(obj[-1])
+    assert (f_dp - f_ref) / max(abs(f_ref), 1e-12) < 1e-6
+
+
+@settings(max_examples=15, deadline=None)
+@given(graph=architectures(max_nodes=3, max_atoms=250).map(_without_batchnorm))
+def test_block_gradient_equals_autograd_on_drawn_graphs(graph):
+    net = df.compile(graph, method="deep", iterations=1, dtype=f64).eval()
+    D = net.dictionary()
+    x = _x(net.input_shape, batch=2)
+    g = torch.Generator().manual_seed(3)
+    codes = {
+        j: torch.rand((2, *D.node_shapes[j]), generator=g, dtype=f64).requires_grad_()
+        for j in D.nodes
+    }
+    smooth = sum(0.5 * r.pow(2).sum() for r in D.residuals(net.normalize(x), codes))
+    auto = torch.autograd.grad(smooth, [codes[j] for j in D.nodes])
+    ours = net.gradient(x, {j: c.detach() for j, c in codes.items()})
+    for j, a in zip(D.nodes, auto):
+        torch.testing.assert_close(ours[j], a, rtol=1e-12, atol=1e-12)
