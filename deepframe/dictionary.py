@@ -273,18 +273,31 @@ class GlobalDictionary:
         ``{key: tensor}`` as :func:`parameter_shapes` lists.
     lambdas : mapping, optional
         ``{node: (C,) tensor}`` sparsity weights; default from node ``bias``.
+    dtype, device : optional
+        Of the vectors the operator makes (``todense``, ``dottest``); default
+        those of the weights (float64 on the CPU for a parameter-free graph).
     """
 
     def __init__(self, graph: nx.DiGraph, weights: Mapping[str, torch.Tensor],
-                 lambdas: Mapping | None = None):
+                 lambdas: Mapping | None = None, *, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None):
         self.graph = graph
         self.weights = dict(weights)
-        missing = set(parameter_shapes(graph)) - set(self.weights)
+        expected = parameter_shapes(graph)
+        missing = set(expected) - set(self.weights)
         if missing:
             raise ValueError(f"GlobalDictionary: missing weights {sorted(missing)}")
+        for key, (shape, _) in expected.items():
+            got = tuple(self.weights[key].shape)
+            if got != tuple(shape):
+                raise ValueError(f"GlobalDictionary: weight {key!r} has shape {got}, the graph "
+                                 f"needs {tuple(shape)}")
         sample = next(iter(self.weights.values()), None)
-        self.dtype = sample.dtype if sample is not None else torch.float64
-        self.device = sample.device if sample is not None else torch.device("cpu")
+        if dtype is None:
+            dtype = sample.dtype if sample is not None else torch.float64
+        if device is None:
+            device = sample.device if sample is not None else "cpu"
+        self.dtype, self.device = dtype, torch.device(device)
         self.lambdas = dict(lambdas) if lambdas is not None else node_lambdas(
             graph, dtype=self.dtype, device=self.device)
         self.input = input_node(graph)
@@ -540,4 +553,5 @@ def dictionary(graph: nx.DiGraph, *, seed: int = 0, weights: Mapping | None = No
     g = validate(graph)
     if weights is None:
         weights = random_weights(g, seed=seed, dtype=dtype, device=device)
-    return GlobalDictionary(g, weights)
+    return GlobalDictionary(g, weights, dtype=dtype if not weights else None,
+                            device=device if not weights else None)

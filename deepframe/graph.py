@@ -92,6 +92,13 @@ def _int_attr(attrs: dict, key: str, where: str, *, default=None, minimum: int =
     return int(value)
 
 
+def _check_int_attrs(attrs: dict, where: str) -> None:
+    """Type-check the integer attributes present, also where the op ignores them."""
+    for key, minimum in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
+        if key in attrs:
+            _int_attr(attrs, key, where, minimum=minimum)
+
+
 def _shape_attr(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ArchitectureError(f"{where}: shape must be (C, H, W) or (d,), got {value!r}")
@@ -197,6 +204,8 @@ def _op_out_shape(op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, i
 
 def _check_bias(attrs: dict, size: int, where: str) -> None:
     bias = attrs.get("bias", 0.0)
+    if hasattr(bias, "tolist"):  # numpy array or torch tensor
+        bias = bias.tolist()
     values = bias if isinstance(bias, (list, tuple)) else [bias]
     if isinstance(bias, (list, tuple)) and len(bias) != size:
         raise ArchitectureError(
@@ -230,7 +239,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
         A copy with node attribute ``shape`` on every node, ``in_shape`` /
         ``out_shape`` on every edge and ``input_shape`` (the shape of the
         merged input ``z_j``) on node-centric nodes. Integer-valued attributes
-        are normalised (lists from JSON become tuples).
+        The input's ``shape`` is normalised to a tuple (JSON gives lists).
 
     Raises
     ------
@@ -314,6 +323,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
             raise ArchitectureError(
                 f"{where}: attribute 'batchnorm' must be True or False, got {attrs['batchnorm']!r}"
             )
+        _check_int_attrs(attrs, where)
         node_op_keys = {"op", "kernel_size", "stride", "padding"} & set(attrs)
         if merge == "edge" and node_op_keys:
             raise ArchitectureError(
@@ -324,6 +334,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
         for k in sorted(out.predecessors(j), key=str):
             e_attrs = out.edges[k, j]
             e_where = _where(edge=(k, j))
+            _check_int_attrs(e_attrs, e_where)
             src = out.nodes[k]["shape"]
             if merge == "edge":
                 if "op" not in e_attrs:
