@@ -29,16 +29,6 @@ from deepframe.attacks import (
 from deepframe.train import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread is as fast, and it stays fast when other
-    # processes share the cores (oversubscribed OpenMP threads slow down ~10x).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel: the normalisation lives inside the model."""
 

@@ -26,15 +26,6 @@ from deepframe.testing import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny operators run many times faster on one thread; restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def node_centric_skips() -> nx.DiGraph:
     """Node-centric graph (Eq. 16-18) whose merges use every edge kind.
 

@@ -9,20 +9,10 @@ import traceback
 
 import networkx as nx
 import pytest
-import torch
 
 import deepframe as df
 from deepframe.graph import activation_nodes, from_spec, output_node
 from deepframe.testing import assert_shapes_match_torch, torch_forward
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny operators run many times faster on one thread; restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------

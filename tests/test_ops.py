@@ -21,16 +21,6 @@ from deepframe.testing import (
     shortcut_matrix,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny operators run many times faster on one thread; restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # (C_in, C_out, H, W, kernel, stride, padding): odd/even/non-square maps, strides 1-3,
 # paddings from 0 to beyond the kernel, even kernels, maps smaller than the kernel.
 CONV_CASES = [

@@ -13,16 +13,6 @@ from scipy.optimize import minimize
 import deepframe as df
 from deepframe.testing import architectures
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids OpenMP hand-off costs per operator call."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 f64 = torch.float64
 
@@ -407,7 +397,7 @@ def test_a_few_hundred_steps_on_digits_lower_the_loss(method):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert np.isfinite(losses).all()
     assert last < 0.5 * first, (first, last)
@@ -440,7 +430,6 @@ def _sparse_problem(g):
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(graph=architectures(max_nodes=3, max_atoms=250).map(_sparse_problem))
 def test_deep_pursuit_reaches_the_minimiser_on_drawn_graphs(graph):
-    torch.set_num_threads(1)
     net = df.compile(graph, method="deep", iterations=1500, beta=1.0, dtype=f64).eval()
     net.refresh_lipschitz(exact=True)
     x = _x(net.input_shape, batch=1, seed=7)

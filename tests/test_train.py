@@ -29,16 +29,6 @@ from deepframe.train import (
 REPO_ROOT = Path(deepframe.__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is as fast and does not collapse when other
-    # processes share the cores. Both runs of every comparison use it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy_data():
     """130 training and 30 validation images (1 x 4 x 4) of the synthetic sparse model."""
