@@ -23,7 +23,8 @@ from typing import Any
 
 import networkx as nx
 
-from ..graph import validate
+from ..graph import EDGE_OPS, validate
+from ..graph import MERGES as GRAPH_MERGES
 
 __all__ = [
     "OPS",
@@ -34,9 +35,9 @@ __all__ = [
     "random_malformed",
 ]
 
-OPS = ("conv", "dense", "identity", "project", "shortcut")
+OPS = EDGE_OPS
 """Edge and node operator kinds (SPEC §2)."""
-MERGES = ("edge", "input")
+MERGES = GRAPH_MERGES
 """``"edge"``: edge-centric nodes (the default); ``"input"``: node-centric (Eq. 16)."""
 INPUTS = ("conv", "dense")
 """Input kinds: an image ``(C, H, W)`` or a vector ``(d,)``."""
