@@ -9,6 +9,19 @@ and into pursuit solvers, and measures its geometry.
 
 from .attacks import audit, fgsm, pgd
 from .dictionary import GlobalDictionary, dictionary
+from .geometry import (
+    GramTooLargeError,
+    coherence_breakdown,
+    deep_frame_potential,
+    frame_potential,
+    frame_potential_bound,
+    gram_metrics,
+    lower_bounds,
+    metrics_report,
+    minimize_frame_potential,
+    mutual_coherence,
+    welch_bound,
+)
 from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
 from .pursuit import PursuitNet, Trace, compile
 from .train import load_model, train
@@ -18,6 +31,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchitectureError",
     "GlobalDictionary",
+    "GramTooLargeError",
+    "coherence_breakdown",
+    "deep_frame_potential",
+    "frame_potential",
+    "frame_potential_bound",
+    "gram_metrics",
+    "lower_bounds",
+    "metrics_report",
+    "minimize_frame_potential",
+    "mutual_coherence",
+    "welch_bound",
     "audit",
     "fgsm",
     "pgd",
