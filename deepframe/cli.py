@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["main"]
@@ -116,6 +117,8 @@ def train_command(args) -> int:
                     seed=args.seed, fgsm_eps=args.fgsm_eps, adversarial=adversarial,
                     log_path=out / "log.jsonl", checkpoint_dir=out, resume=not args.restart,
                     progress=not args.quiet, device=args.device, metadata=metadata)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     last = history[-1] if history else {}
     print(json.dumps({k: last.get(k) for k in ("epoch", "train_acc", "val_acc", "fgsm_eps",
                                                  "val_fgsm_acc")}))
@@ -157,6 +160,18 @@ def attack_command(args) -> int:
 
     atomic_write(out, lambda f: f.write(json.dumps(result, indent=2).encode()))
     print(f"wrote {out}")
+    return 0
+
+
+def reproduce_command(args) -> int:
+    """The seed paper's Figs. 5-10 end to end (SPEC §7): train, measure, plot, report."""
+    from .experiments import reproduce
+
+    result = reproduce(args.out, profile=args.profile, dataset=args.dataset,
+                       data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
+    summary = result["summary"]
+    print(f"{summary['models']} models ({summary['trained_now']} trained now), "
+          f"{summary['wall_seconds']:.1f} s; report: {args.out}/report.md")
     return 0
 
 
@@ -223,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="JSON result (default beside the checkpoint)")
     p.set_defaults(func=attack_command)
+
+    p = sub.add_parser("reproduce", help="the seed paper's Figs. 5-10 end to end (SPEC §7)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"],
+                   help="quick: digits on a CPU in minutes; full: CIFAR-10 scale")
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
+    p.add_argument("--data-dir", default=None, help="folder of cifar-10-batches-py (cifar10)")
+    p.add_argument("--out", default="runs/reproduce", help="output folder (resumable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=reproduce_command)
     return parser
 
 
