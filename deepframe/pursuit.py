@@ -340,12 +340,13 @@ class PursuitNet(nn.Module):
 
         codes, problem = self._feedforward(terms, const)
         history = [dict(codes)] if trace else None
-        if self.method == "layered":
+        iterate = self.iterations > 0  # with T = 0 every method is the feed-forward pass
+        if self.method == "layered" and iterate:
             codes, per_node = self._layered(terms, const, codes, problem, trace)
             if trace:
                 history = [{j: per_node[j][t] for j in self.nodes}
                            for t in range(self.iterations + 1)]
-        elif self.method == "deep":
+        elif self.method == "deep" and iterate:
             codes = self._deep(terms, const, codes, problem, history)
         if not trace:
             return codes
