@@ -20,6 +20,7 @@ operators) and are differentiable with respect to both input and weight.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -109,7 +110,7 @@ def power_iteration(
     return estimate
 
 
-class Operator:
+class Operator(ABC):
     """A linear map between two activation shapes.
 
     Subclasses implement :meth:`forward` and :meth:`adjoint`; everything else
@@ -131,11 +132,13 @@ class Operator:
         self.out_shape: Shape = tuple(int(s) for s in out_shape)
 
     # -- the two maps -------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The analysis map ``A x``: ``(B, *in_shape) -> (B, *out_shape)``."""
 
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """The exact adjoint ``A^T y``: ``(B, *out_shape) -> (B, *in_shape)``."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)

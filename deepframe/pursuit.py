@@ -196,7 +196,6 @@ class PursuitNet(nn.Module):
         # Structure of the terms (weights-independent): which terms touch which node.
         self._specs = term_specs(graph)
         terms = self.terms()
-        self._term_names = [t.name for t in terms]
         self._synth_terms = {j: [i for i, t in enumerate(terms) if t.synth == j]
                              for j in self.nodes}
         self._target_terms = {j: [(i, n) for i, t in enumerate(terms)
