@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_write
+from .attacks import parse_eps
 from .data import DATASETS, load_dataset
 from .graph import resnet
 from .pursuit import compile
@@ -201,12 +202,6 @@ def _read_json(path: Path) -> Any | None:
         return None
 
 
-def _parse_eps(eps: str) -> float:
-    from .attacks import parse_eps
-
-    return float(parse_eps(eps))
-
-
 def _subset(dataset, limit: int | None):
     if limit is None or limit >= len(dataset):
         return dataset
@@ -249,24 +244,18 @@ def _config_hash(config: dict) -> str:
 
 
 def _geometry(model) -> dict:
-    """Coherence and (deep) frame potential of the model's dictionary in float64.
-
-    Returns ``{"available": False, "reason": ...}`` when :mod:`deepframe.geometry`
-    does not provide the functions yet; no number is made up.
-    """
-    try:
-        from .geometry import deep_frame_potential, frame_potential, mutual_coherence
-    except ImportError as exc:  # pragma: no cover - depends on the checkout
-        return {"available": False, "reason": f"deepframe.geometry not importable: {exc}"}
+    """Coherence and (deep) frame potential of the model's dictionary in float64."""
     from .dictionary import GlobalDictionary
+    from .geometry import gram_metrics
 
     D = model.dictionary()
     D = GlobalDictionary(D.graph, {k: w.to(torch.float64) for k, w in D.weights.items()},
                          {j: lam.to(torch.float64) for j, lam in D.lambdas.items()})
+    metrics = gram_metrics(D)  # one pass: coherence, FP and DFP together
     return {"available": True, "shape": list(D.shape),
-            "mutual_coherence": float(mutual_coherence(D)),
-            "frame_potential": float(frame_potential(D)),
-            "deep_frame_potential": float(deep_frame_potential(D))}
+            "mutual_coherence": float(metrics.coherence),
+            "frame_potential": float(metrics.frame_potential),
+            "deep_frame_potential": float(metrics.deep_frame_potential)}
 
 
 @torch.no_grad()
@@ -310,7 +299,7 @@ def _run_model(spec: ModelSpec, profile: Profile, dataset: str, data, models_dir
         "name": spec.name, "config_hash": key, "config": config,
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs": int(last["epoch"]), "train_acc": last["train_acc"],
-        "val_acc": last["val_acc"], "fgsm_eps": _parse_eps(profile.eps),
+        "val_acc": last["val_acc"], "fgsm_eps": parse_eps(profile.eps),
         "val_fgsm_acc": last["val_fgsm_acc"], "val_samples": len(val_set),
         "train_seconds": sum(r.get("time", 0.0) for r in history),
         "wall_seconds_this_call": seconds,
@@ -348,7 +337,7 @@ def _subtitle(profile: Profile, dataset: str) -> str:
 
 def figure5(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 5: feed-forward FGSM accuracy vs depth, ResNet vs chain twin."""
-    numbers = {"eps": _parse_eps(profile.eps), "depth_n": list(profile.depths),
+    numbers = {"eps": parse_eps(profile.eps), "depth_n": list(profile.depths),
                "layers": [6 * n + 2 for n in profile.depths]}
     for skips, label in ((True, "residual"), (False, "chain")):
         names = [_feedforward_spec(n, skips).name for n in profile.depths]
@@ -376,7 +365,7 @@ def _fig6_names(profile: Profile) -> dict[str, list[str]]:
 
 def figure6(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 6: FGSM accuracy vs iterations ``T`` for L-BP, DP and DP-res."""
-    numbers = {"eps": _parse_eps(profile.eps), "T": list(profile.iterations),
+    numbers = {"eps": parse_eps(profile.eps), "T": list(profile.iterations),
                "depth_n": profile.pursuit_depth}
     for family, names in _fig6_names(profile).items():
         numbers[FAMILIES[family]] = {"fgsm_acc": [results[s]["val_fgsm_acc"] for s in names],
@@ -414,7 +403,7 @@ def figure7(results: dict, profile: Profile, dataset: str, out_dir: Path,
     chosen = {"L-TP": _feedforward_spec(profile.pursuit_depth, False).name,
               "L-BP": _pursuit_spec("lbp", profile.pursuit_depth, t).name,
               "DP": _pursuit_spec("dp", profile.pursuit_depth, t).name}
-    numbers: dict[str, Any] = {"eps": _parse_eps(profile.eps), "T": t}
+    numbers: dict[str, Any] = {"eps": parse_eps(profile.eps), "T": t}
     for label, name in chosen.items():
         log = _read_log(models_dir / name / "log.jsonl")
         numbers[label] = {"model": name, "epoch": [r["epoch"] for r in log],
@@ -544,7 +533,7 @@ def _report(summary: dict, figures: dict, results: dict, profile: Profile) -> st
         f"- training: {profile.epochs} epochs, batch {profile.batch_size}, {profile.optimizer} "
         f"lr {profile.lr}, weight decay {profile.weight_decay}, schedule {profile.schedule}, "
         f"seed {s['seed']}",
-        f"- attack: FGSM (Eq. 19), eps = {profile.eps} ({_parse_eps(profile.eps):.4f}) in "
+        f"- attack: FGSM (Eq. 19), eps = {profile.eps} ({parse_eps(profile.eps):.4f}) in "
         "pixel units of [0, 1] images, white-box through every pursuit iteration",
         f"- models: {s['models']} ({s['trained_now']} trained in this call, "
         f"{s['models'] - s['trained_now']} reused from earlier calls)",
