@@ -86,28 +86,33 @@ def run_case(name: str, repeat: int) -> dict:
     row = {"case": name, "atoms": big_n, "rows": n, "threads": torch.get_num_threads()}
     row["rss_before_mib"] = round(_maxrss_mib(), 1)
     seconds, m = _best(lambda: geometry.gram_metrics(d, deep=False), repeat)
-    row.update(structured_s=round(seconds, 3), coherence=m.coherence,
-               frame_potential=m.frame_potential,
-               attained_at=[m.attained_at["atoms"][0]["node"],
-                            m.attained_at["atoms"][1]["node"]])
+    row.update(
+        structured_s=round(seconds, 3),
+        coherence=m.coherence,
+        frame_potential=m.frame_potential,
+        attained_at=[m.attained_at["atoms"][0]["node"], m.attained_at["atoms"][1]["node"]],
+    )
     row["peak_structured_mib"] = round(_maxrss_mib(), 1)
     start = time.perf_counter()
     row["structural_nonzeros"] = geometry._StructuredGram(d).structural_nonzeros()
     row["nnz_s"] = round(time.perf_counter() - start, 3)
     if name.startswith("ratio"):
         seconds, r = _best(lambda: geometry.gram_metrics(d, method="dense", deep=False), 1)
-        row.update(dense_s=round(seconds, 3),
-                   speedup=round(seconds / row["structured_s"], 1),
-                   max_abs_diff_coherence=abs(r.coherence - m.coherence),
-                   rel_diff_fp=abs(r.frame_potential - m.frame_potential) / r.frame_potential)
+        row.update(
+            dense_s=round(seconds, 3),
+            speedup=round(seconds / row["structured_s"], 1),
+            max_abs_diff_coherence=abs(r.coherence - m.coherence),
+            rel_diff_fp=abs(r.frame_potential - m.frame_potential) / r.frame_potential,
+        )
         row["peak_dense_mib"] = round(_maxrss_mib(), 1)
     return row
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", action="append", choices=CASES,
-                        help="run only these cases (repeatable)")
+    parser.add_argument(
+        "--case", action="append", choices=CASES, help="run only these cases (repeatable)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -121,32 +126,47 @@ def main(argv=None) -> int:
         print(json.dumps(run_case(args.child, args.repeat)))
         return 0
 
-    print(f"# cpus={os.cpu_count()} torch threads={args.threads} "
-          f"load average at start={os.getloadavg()}", flush=True)
+    print(
+        f"# cpus={os.cpu_count()} torch threads={args.threads} "
+        f"load average at start={os.getloadavg()}",
+        flush=True,
+    )
     rows = []
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     for name in args.case or CASES:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", name,
-               "--repeat", str(args.repeat), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            name,
+            "--repeat",
+            str(args.repeat),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             print(f"{name}: failed\n{out.stderr}", file=sys.stderr)
             return 1
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        line = (f"{name:15s} N={row['atoms']:>7d} n={row['rows']:>7d}  "
-                f"structured {row['structured_s']:7.3f} s  peak RSS "
-                f"{row['peak_structured_mib']:7.1f} MiB (+"
-                f"{row['peak_structured_mib'] - row['rss_before_mib']:.1f})  "
-                f"mu={row['coherence']:.6f} FP={row['frame_potential']:.6g}  "
-                f"N_nz={row['structural_nonzeros']} ({row['nnz_s']:.2f} s)")
+        line = (
+            f"{name:15s} N={row['atoms']:>7d} n={row['rows']:>7d}  "
+            f"structured {row['structured_s']:7.3f} s  peak RSS "
+            f"{row['peak_structured_mib']:7.1f} MiB (+"
+            f"{row['peak_structured_mib'] - row['rss_before_mib']:.1f})  "
+            f"mu={row['coherence']:.6f} FP={row['frame_potential']:.6g}  "
+            f"N_nz={row['structural_nonzeros']} ({row['nnz_s']:.2f} s)"
+        )
         if "dense_s" in row:
-            line += (f"\n{'':15s} dense {row['dense_s']:.3f} s  peak RSS "
-                     f"{row['peak_dense_mib']:.1f} MiB  speed-up {row['speedup']}x  "
-                     f"|dmu|={row['max_abs_diff_coherence']:.1e} "
-                     f"rel dFP={row['rel_diff_fp']:.1e}")
+            line += (
+                f"\n{'':15s} dense {row['dense_s']:.3f} s  peak RSS "
+                f"{row['peak_dense_mib']:.1f} MiB  speed-up {row['speedup']}x  "
+                f"|dmu|={row['max_abs_diff_coherence']:.1e} "
+                f"rel dFP={row['rel_diff_fp']:.1e}"
+            )
         print(line, flush=True)
     print(f"# load average at end={os.getloadavg()}")
     if args.json:

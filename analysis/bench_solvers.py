@@ -38,8 +38,12 @@ class PlainResNet(torch.nn.Module):
             for k in sorted(g.predecessors(j), key=str):
                 e = g.edges[k, j]
                 if e["op"] == "conv":
-                    a = a + F.conv2d(h[k], weights[f"{k}->{j}"], stride=e.get("stride", 1),
-                                     padding=e["kernel_size"] // 2)
+                    a = a + F.conv2d(
+                        h[k],
+                        weights[f"{k}->{j}"],
+                        stride=e.get("stride", 1),
+                        padding=e["kernel_size"] // 2,
+                    )
                 elif e["op"] == "identity":
                     a = a + h[k]
                 else:  # option-A shortcut
@@ -79,9 +83,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(args.device)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(args.device)
-    print(f"# ResNet-{6 * args.blocks + 2}, batch {args.batch}, device {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# ResNet-{6 * args.blocks + 2}, batch {args.batch}, device {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     ff = df.compile(graph, method="feedforward", device=args.device).train()
     plain = PlainResNet(ff).train()
     base = time_step(plain, x, y, args.repeats)

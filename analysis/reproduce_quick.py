@@ -23,11 +23,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    result = reproduce(args.out, profile="quick", dataset="digits", seed=args.seed,
-                       progress=not args.quiet)
+    result = reproduce(
+        args.out, profile="quick", dataset="digits", seed=args.seed, progress=not args.quiet
+    )
     summary = result["summary"]
-    print(f"{summary['models']} models ({summary['trained_now']} trained now) in "
-          f"{summary['wall_seconds']:.1f} s; see {args.out}/report.md")
+    print(
+        f"{summary['models']} models ({summary['trained_now']} trained now) in "
+        f"{summary['wall_seconds']:.1f} s; see {args.out}/report.md"
+    )
 
 
 if __name__ == "__main__":

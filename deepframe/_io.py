@@ -52,5 +52,3 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
-
-

@@ -45,14 +45,18 @@ def describe(args) -> int:
     for k, j, a in sorted(g.edges(data=True), key=lambda e: (column[e[1]], str(e[0]))):
         detail = {key: a[key] for key in ("kernel_size", "stride", "padding") if key in a}
         op = a.get("op", "identity")
-        print(f"  {str(k):>12} -> {str(j):<12} {op:<9} {tuple(a['in_shape'])} -> "
-              f"{tuple(a['out_shape'])} {detail if detail else ''}")
+        print(
+            f"  {str(k):>12} -> {str(j):<12} {op:<9} {tuple(a['in_shape'])} -> "
+            f"{tuple(a['out_shape'])} {detail if detail else ''}"
+        )
     print(f"output  {output_node(g)} -> global average pooling -> linear")
     D = GlobalDictionary(g, random_weights(g))
     n, big_n = D.shape
     params = sum(__import__("math").prod(s) for s, _ in parameter_shapes(g).values())
-    print(f"global dictionary D: {n} rows x {big_n} atoms, {len(D.terms)} terms, "
-          f"{params} learned weights")
+    print(
+        f"global dictionary D: {n} rows x {big_n} atoms, {len(D.terms)} terms, "
+        f"{params} learned weights"
+    )
     print("block map (rows: terms, columns: nodes):")
     print(D.block_map())
     return 0
@@ -100,28 +104,54 @@ def train_command(args) -> int:
     g = _graph(args.arch)
     g.nodes[input_node(g)]["shape"] = tuple(info.input_shape)
     g = validate(g)
-    options = {"method": args.method, "iterations": args.iterations, "alpha": args.alpha,
-               "beta": args.beta, "num_classes": info.num_classes, "mean": list(info.mean),
-               "std": list(info.std), "seed": args.seed}
+    options = {
+        "method": args.method,
+        "iterations": args.iterations,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "num_classes": info.num_classes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "seed": args.seed,
+    }
     model = compile(g, **options)
-    train_set, val_set = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
-                                      augment=args.augment)
+    train_set, val_set = load_dataset(
+        args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metadata = model_metadata(g, **options)
     metadata["dataset"] = args.dataset
     adversarial = {"eps": args.adversarial_eps} if args.adversarial_eps else None
-    history = train(model, train_set, val_set, epochs=args.epochs, batch_size=args.batch_size,
-                    optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, schedule=args.schedule or None,
-                    seed=args.seed, fgsm_eps=args.fgsm_eps, adversarial=adversarial,
-                    log_path=out / "log.jsonl", checkpoint_dir=out, resume=not args.restart,
-                    progress=not args.quiet, device=args.device, metadata=metadata)
+    history = train(
+        model,
+        train_set,
+        val_set,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule or None,
+        seed=args.seed,
+        fgsm_eps=args.fgsm_eps,
+        adversarial=adversarial,
+        log_path=out / "log.jsonl",
+        checkpoint_dir=out,
+        resume=not args.restart,
+        progress=not args.quiet,
+        device=args.device,
+        metadata=metadata,
+    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     last = history[-1] if history else {}
-    print(json.dumps({k: last.get(k) for k in ("epoch", "train_acc", "val_acc", "fgsm_eps",
-                                                 "val_fgsm_acc")}))
+    print(
+        json.dumps(
+            {k: last.get(k) for k in ("epoch", "train_acc", "val_acc", "fgsm_eps", "val_fgsm_acc")}
+        )
+    )
     print(f"checkpoint: {out / 'checkpoint.pt'}  log: {out / 'log.jsonl'}")
     return 0
 
@@ -136,7 +166,8 @@ def attack_command(args) -> int:
 
     model = load_model(args.checkpoint, map_location=args.device or "cpu")
     dataset = args.dataset or (load_checkpoint(args.checkpoint).get("metadata") or {}).get(
-        "dataset")
+        "dataset"
+    )
     if dataset is None:
         raise ValueError(f"{args.checkpoint} does not record its dataset: pass --dataset")
     _, val_set = load_dataset(dataset, data_dir=args.data_dir, seed=args.seed)
@@ -146,16 +177,23 @@ def attack_command(args) -> int:
         val_set = torch.utils.data.Subset(val_set, range(min(args.limit, len(val_set))))
     eps = parse_eps_list(args.eps)
     clean = accuracy(model, val_set)
-    accs = robust_accuracy(model, val_set, eps, args.attack, steps=args.steps,
-                           seed=args.seed)
-    result = {"checkpoint": str(args.checkpoint), "attack": args.attack, "dataset": dataset,
-              "samples": len(val_set), "clean": clean,
-              "accuracy": {f"{e:.6g}": a for e, a in accs.items()}}
+    accs = robust_accuracy(model, val_set, eps, args.attack, steps=args.steps, seed=args.seed)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "attack": args.attack,
+        "dataset": dataset,
+        "samples": len(val_set),
+        "clean": clean,
+        "accuracy": {f"{e:.6g}": a for e, a in accs.items()},
+    }
     print(f"clean accuracy: {clean:.4f}")
     for (text, e), a in zip(zip(args.eps.split(","), eps), accs.values()):
         print(f"{args.attack} eps={text.strip()} ({e:.5f}): {a:.4f}")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(
-        f"attack_{args.attack}.json")
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.checkpoint).with_name(f"attack_{args.attack}.json")
+    )
     from ._io import atomic_write
 
     atomic_write(out, lambda f: f.write(json.dumps(result, indent=2).encode()))
@@ -167,11 +205,19 @@ def reproduce_command(args) -> int:
     """The seed paper's Figs. 5-10 end to end (SPEC §7): train, measure, plot, report."""
     from .experiments import reproduce
 
-    result = reproduce(args.out, profile=args.profile, dataset=args.dataset,
-                       data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
+    result = reproduce(
+        args.out,
+        profile=args.profile,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     summary = result["summary"]
-    print(f"{summary['models']} models ({summary['trained_now']} trained now), "
-          f"{summary['wall_seconds']:.1f} s; report: {args.out}/report.md")
+    print(
+        f"{summary['models']} models ({summary['trained_now']} trained now), "
+        f"{summary['wall_seconds']:.1f} s; report: {args.out}/report.md"
+    )
     return 0
 
 
@@ -204,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="deep", choices=["feedforward", "layered", "deep"])
     p.add_argument("--iterations", type=int, default=0, help="T, unrolled iterations")
     p.add_argument("--alpha", default=0.0, type=lambda v: v if v == "fista" else float(v))
-    p.add_argument("--beta", default="learned",
-                   type=lambda v: v if v == "learned" else float(v))
+    p.add_argument("--beta", default="learned", type=lambda v: v if v == "learned" else float(v))
     p.add_argument("--dataset", default="digits", choices=["digits", "synthetic", "cifar10"])
     p.add_argument("--data-dir", help="folder of cifar-10-batches-py (cifar10 only)")
     p.add_argument("--augment", action="store_true", help="random crop + flip (cifar10)")
@@ -217,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", ""])
     p.add_argument("--fgsm-eps", default="8/255", help="eps of the per-epoch FGSM accuracy")
-    p.add_argument("--adversarial-eps", type=float, default=None,
-                   help="FGSM adversarial training (random init) at this eps")
+    p.add_argument(
+        "--adversarial-eps",
+        type=float,
+        default=None,
+        help="FGSM adversarial training (random init) at this eps",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="runs/train", help="folder of log.jsonl and checkpoint.pt")
@@ -240,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=attack_command)
 
     p = sub.add_parser("reproduce", help="the seed paper's Figs. 5-10 end to end (SPEC §7)")
-    p.add_argument("--profile", default="quick", choices=["quick", "full"],
-                   help="quick: digits on a CPU in minutes; full: CIFAR-10 scale")
+    p.add_argument(
+        "--profile",
+        default="quick",
+        choices=["quick", "full"],
+        help="quick: digits on a CPU in minutes; full: CIFAR-10 scale",
+    )
     p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
     p.add_argument("--data-dir", default=None, help="folder of cifar-10-batches-py (cifar10)")
     p.add_argument("--out", default="runs/reproduce", help="output folder (resumable)")

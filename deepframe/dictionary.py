@@ -134,8 +134,13 @@ def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], int]]:
     return shapes
 
 
-def random_weights(g: nx.DiGraph, *, seed: int = 0, dtype: torch.dtype = torch.float64,
-                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def random_weights(
+    g: nx.DiGraph,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
     """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights = {}
@@ -195,9 +200,13 @@ class TermSpec:
     inputs: tuple = ()
 
     def build(self, weights: Mapping[str, torch.Tensor]) -> Term:
-        return Term(self.name, self.synth, self.op.build(weights),
-                    [(k, p.build(weights)) for k, p in self.targets],
-                    [p.build(weights) for p in self.inputs])
+        return Term(
+            self.name,
+            self.synth,
+            self.op.build(weights),
+            [(k, p.build(weights)) for k, p in self.targets],
+            [p.build(weights) for p in self.inputs],
+        )
 
 
 def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
@@ -209,11 +218,17 @@ def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
     if op == "dense" or (op == "project" and len(in_shape) == 1):
         return OpSpec("dense", in_shape, out_shape, weight_key=key)
     if op == "project":
-        return OpSpec("project", in_shape, out_shape, stride=attrs.get("stride", 1),
-                      weight_key=key)
+        return OpSpec("project", in_shape, out_shape, stride=attrs.get("stride", 1), weight_key=key)
     k = attrs["kernel_size"]
-    return OpSpec("conv", in_shape, out_shape, stride=attrs.get("stride", 1), kernel_size=k,
-                  padding=attrs.get("padding", k // 2), weight_key=key)
+    return OpSpec(
+        "conv",
+        in_shape,
+        out_shape,
+        stride=attrs.get("stride", 1),
+        kernel_size=k,
+        padding=attrs.get("padding", k // 2),
+        weight_key=key,
+    )
 
 
 def term_specs(g: nx.DiGraph) -> list[TermSpec]:
@@ -242,8 +257,9 @@ def term_specs(g: nx.DiGraph) -> list[TermSpec]:
             targets, inputs = [], []
             for k in preds:
                 a = g.edges[k, j]
-                e = _op_spec(a.get("op", "identity"), a, a["in_shape"], a["out_shape"],
-                             edge_key(k, j))
+                e = _op_spec(
+                    a.get("op", "identity"), a, a["in_shape"], a["out_shape"], edge_key(k, j)
+                )
                 (inputs.append(e) if k == src else targets.append((k, e)))
             specs.append(TermSpec(str(j), j, op, tuple(targets), tuple(inputs)))
     return specs
@@ -278,9 +294,15 @@ class GlobalDictionary:
         those of the weights (float64 on the CPU for a parameter-free graph).
     """
 
-    def __init__(self, graph: nx.DiGraph, weights: Mapping[str, torch.Tensor],
-                 lambdas: Mapping | None = None, *, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        weights: Mapping[str, torch.Tensor],
+        lambdas: Mapping | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
         self.graph = graph
         self.weights = dict(weights)
         expected = parameter_shapes(graph)
@@ -290,16 +312,21 @@ class GlobalDictionary:
         for key, (shape, _) in expected.items():
             got = tuple(self.weights[key].shape)
             if got != tuple(shape):
-                raise ValueError(f"GlobalDictionary: weight {key!r} has shape {got}, the graph "
-                                 f"needs {tuple(shape)}")
+                raise ValueError(
+                    f"GlobalDictionary: weight {key!r} has shape {got}, the graph "
+                    f"needs {tuple(shape)}"
+                )
         sample = next(iter(self.weights.values()), None)
         if dtype is None:
             dtype = sample.dtype if sample is not None else torch.float64
         if device is None:
             device = sample.device if sample is not None else "cpu"
         self.dtype, self.device = dtype, torch.device(device)
-        self.lambdas = dict(lambdas) if lambdas is not None else node_lambdas(
-            graph, dtype=self.dtype, device=self.device)
+        self.lambdas = (
+            dict(lambdas)
+            if lambdas is not None
+            else node_lambdas(graph, dtype=self.dtype, device=self.device)
+        )
         self.input = input_node(graph)
         self.input_shape = tuple(graph.nodes[self.input]["shape"])
         self.nodes = activation_nodes(graph)
@@ -358,10 +385,14 @@ class GlobalDictionary:
         """Split ``(B, N)`` (or ``(N,)``) into ``{node: (B, *shape)}``."""
         w2 = w.unsqueeze(0) if w.dim() == 1 else w
         if w2.dim() != 2 or w2.shape[1] != self.shape[1]:
-            raise ValueError(f"expected codes of shape (N,) or (B, N) with N={self.shape[1]}, "
-                             f"got {tuple(w.shape)}")
-        return {j: w2[:, o : o + s].reshape(-1, *self.node_shapes[j])
-                for j, o, s in zip(self.nodes, self.col_offsets, self.col_sizes)}
+            raise ValueError(
+                f"expected codes of shape (N,) or (B, N) with N={self.shape[1]}, "
+                f"got {tuple(w.shape)}"
+            )
+        return {
+            j: w2[:, o : o + s].reshape(-1, *self.node_shapes[j])
+            for j, o, s in zip(self.nodes, self.col_offsets, self.col_sizes)
+        }
 
     def flat(self, codes: Mapping) -> torch.Tensor:
         """Concatenate ``{node: (B, *shape)}`` into ``(B, N)`` in column order."""
@@ -373,10 +404,14 @@ class GlobalDictionary:
     def _split_rows(self, r: torch.Tensor) -> list[torch.Tensor]:
         r2 = r.unsqueeze(0) if r.dim() == 1 else r
         if r2.dim() != 2 or r2.shape[1] != self.shape[0]:
-            raise ValueError(f"expected residuals of shape (n,) or (B, n) with "
-                             f"n={self.shape[0]}, got {tuple(r.shape)}")
-        return [r2[:, o : o + s].reshape(-1, *t.shape)
-                for t, o, s in zip(self.terms, self.row_offsets, self.row_sizes)]
+            raise ValueError(
+                f"expected residuals of shape (n,) or (B, n) with "
+                f"n={self.shape[0]}, got {tuple(r.shape)}"
+            )
+        return [
+            r2[:, o : o + s].reshape(-1, *t.shape)
+            for t, o, s in zip(self.terms, self.row_offsets, self.row_sizes)
+        ]
 
     # -- the operator ---------------------------------------------------------
     def matvec(self, w: torch.Tensor) -> torch.Tensor:
@@ -409,8 +444,9 @@ class GlobalDictionary:
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``."""
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected inputs of shape (B, {self.input_shape}), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"expected inputs of shape (B, {self.input_shape}), got {tuple(x.shape)}"
+            )
         parts = []
         for t in self.terms:
             y = x.new_zeros((x.shape[0], *t.shape))
@@ -509,8 +545,10 @@ class GlobalDictionary:
 
     def __repr__(self) -> str:
         n, big_n = self.shape
-        return (f"GlobalDictionary({n} rows x {big_n} atoms, {len(self.terms)} terms, "
-                f"{len(self.nodes)} nodes)")
+        return (
+            f"GlobalDictionary({n} rows x {big_n} atoms, {len(self.terms)} terms, "
+            f"{len(self.nodes)} nodes)"
+        )
 
 
 class _Transposed:
@@ -534,9 +572,14 @@ def _offsets(sizes: list[int]) -> list[int]:
     return out
 
 
-def dictionary(graph: nx.DiGraph, *, seed: int = 0, weights: Mapping | None = None,
-               dtype: torch.dtype = torch.float64,
-               device: torch.device | str = "cpu") -> GlobalDictionary:
+def dictionary(
+    graph: nx.DiGraph,
+    *,
+    seed: int = 0,
+    weights: Mapping | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> GlobalDictionary:
     """The global dictionary of ``graph`` (validated first).
 
     Parameters
@@ -553,5 +596,6 @@ def dictionary(graph: nx.DiGraph, *, seed: int = 0, weights: Mapping | None = No
     g = validate(graph)
     if weights is None:
         weights = random_weights(g, seed=seed, dtype=dtype, device=device)
-    return GlobalDictionary(g, weights, dtype=dtype if not weights else None,
-                            device=device if not weights else None)
+    return GlobalDictionary(
+        g, weights, dtype=dtype if not weights else None, device=device if not weights else None
+    )

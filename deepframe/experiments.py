@@ -60,8 +60,19 @@ from .graph import resnet
 from .pursuit import compile
 from .train import model_metadata, train
 
-__all__ = ["PROFILES", "Profile", "ModelSpec", "reproduce", "model_specs", "figure5",
-           "figure6", "figure7", "figure8", "figure9", "figure10"]
+__all__ = [
+    "PROFILES",
+    "Profile",
+    "ModelSpec",
+    "reproduce",
+    "model_specs",
+    "figure5",
+    "figure6",
+    "figure7",
+    "figure8",
+    "figure9",
+    "figure10",
+]
 
 #: Display names of the solver families, as in the paper's legends.
 FAMILIES = {"lbp": "L-BP", "dp": "DP", "dpres": "DP-res"}
@@ -121,18 +132,60 @@ class Profile:
 #: 0.96-0.98): FGSM accuracy 0.90-0.95 at 8/255, 0.85-0.90 at 0.05, 0.62-0.71 at 0.1 and
 #: 0.11-0.24 at 0.2. At 0.1 the models differ most; CIFAR-10 uses the paper's 8/255.
 PROFILES: dict[str, Profile] = {
-    "test": Profile("test", widths=(4, 8, 8), depths=(1,), iterations=(0, 1), pursuit_depth=1,
-                    epochs=1, batch_size=128, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                    schedule="cosine", batchnorm=True, eps="0.1", val_limit=64,
-                    trace_images=32, threads=1),
-    "quick": Profile("quick", widths=(8, 16, 32), depths=(1, 2, 3), iterations=(0, 1, 2, 4),
-                     pursuit_depth=1, epochs=8, batch_size=64, optimizer="adam", lr=1e-2,
-                     weight_decay=0.0, schedule="cosine", batchnorm=True, eps="0.1",
-                     val_limit=None, trace_images=256, threads=1),
-    "full": Profile("full", widths=(16, 32, 64), depths=(1, 2, 3, 5), iterations=(0, 1, 2, 5, 10),
-                    pursuit_depth=1, epochs=60, batch_size=128, optimizer="sgd", lr=0.05,
-                    weight_decay=5e-4, schedule="cosine", batchnorm=True, eps="8/255",
-                    val_limit=None, trace_images=256, threads=None),
+    "test": Profile(
+        "test",
+        widths=(4, 8, 8),
+        depths=(1,),
+        iterations=(0, 1),
+        pursuit_depth=1,
+        epochs=1,
+        batch_size=128,
+        optimizer="adam",
+        lr=1e-2,
+        weight_decay=0.0,
+        schedule="cosine",
+        batchnorm=True,
+        eps="0.1",
+        val_limit=64,
+        trace_images=32,
+        threads=1,
+    ),
+    "quick": Profile(
+        "quick",
+        widths=(8, 16, 32),
+        depths=(1, 2, 3),
+        iterations=(0, 1, 2, 4),
+        pursuit_depth=1,
+        epochs=8,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-2,
+        weight_decay=0.0,
+        schedule="cosine",
+        batchnorm=True,
+        eps="0.1",
+        val_limit=None,
+        trace_images=256,
+        threads=1,
+    ),
+    "full": Profile(
+        "full",
+        widths=(16, 32, 64),
+        depths=(1, 2, 3, 5),
+        iterations=(0, 1, 2, 5, 10),
+        pursuit_depth=1,
+        epochs=60,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=5e-4,
+        schedule="cosine",
+        batchnorm=True,
+        eps="8/255",
+        val_limit=None,
+        trace_images=256,
+        threads=None,
+    ),
 }
 
 
@@ -215,28 +268,50 @@ def _first_batch(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _graph(spec: ModelSpec, profile: Profile, input_shape):
-    return resnet(tuple(input_shape), spec.depth, widths=profile.widths, skips=spec.skips,
-                  batchnorm=profile.batchnorm)
+    return resnet(
+        tuple(input_shape),
+        spec.depth,
+        widths=profile.widths,
+        skips=spec.skips,
+        batchnorm=profile.batchnorm,
+    )
 
 
 def _compile_options(spec: ModelSpec, info, seed: int) -> dict:
-    return {"method": spec.method, "iterations": spec.iterations,
-            "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std),
-            "seed": seed}
+    return {
+        "method": spec.method,
+        "iterations": spec.iterations,
+        "num_classes": info.num_classes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "seed": seed,
+    }
 
 
 def _train_settings(profile: Profile, seed: int) -> dict:
-    return {"epochs": profile.epochs, "batch_size": profile.batch_size,
-            "optimizer": profile.optimizer, "lr": profile.lr,
-            "weight_decay": profile.weight_decay, "schedule": profile.schedule, "seed": seed,
-            "fgsm_eps": profile.eps}
+    return {
+        "epochs": profile.epochs,
+        "batch_size": profile.batch_size,
+        "optimizer": profile.optimizer,
+        "lr": profile.lr,
+        "weight_decay": profile.weight_decay,
+        "schedule": profile.schedule,
+        "seed": seed,
+        "fgsm_eps": profile.eps,
+    }
 
 
 def _config(spec: ModelSpec, profile: Profile, dataset: str, seed: int) -> dict:
     """What determines a model's result; a change means the model is redone."""
-    return {"model": dataclasses.asdict(spec), "dataset": dataset, "widths": list(profile.widths),
-            "batchnorm": profile.batchnorm, "val_limit": profile.val_limit,
-            "trace_images": profile.trace_images, **_train_settings(profile, seed)}
+    return {
+        "model": dataclasses.asdict(spec),
+        "dataset": dataset,
+        "widths": list(profile.widths),
+        "batchnorm": profile.batchnorm,
+        "val_limit": profile.val_limit,
+        "trace_images": profile.trace_images,
+        **_train_settings(profile, seed),
+    }
 
 
 def _config_hash(config: dict) -> str:
@@ -249,13 +324,19 @@ def _geometry(model) -> dict:
     from .geometry import gram_metrics
 
     D = model.dictionary()
-    D = GlobalDictionary(D.graph, {k: w.to(torch.float64) for k, w in D.weights.items()},
-                         {j: lam.to(torch.float64) for j, lam in D.lambdas.items()})
+    D = GlobalDictionary(
+        D.graph,
+        {k: w.to(torch.float64) for k, w in D.weights.items()},
+        {j: lam.to(torch.float64) for j, lam in D.lambdas.items()},
+    )
     metrics = gram_metrics(D)  # one pass: coherence, FP and DFP together
-    return {"available": True, "shape": list(D.shape),
-            "mutual_coherence": float(metrics.coherence),
-            "frame_potential": float(metrics.frame_potential),
-            "deep_frame_potential": float(metrics.deep_frame_potential)}
+    return {
+        "available": True,
+        "shape": list(D.shape),
+        "mutual_coherence": float(metrics.coherence),
+        "frame_potential": float(metrics.frame_potential),
+        "deep_frame_potential": float(metrics.deep_frame_potential),
+    }
 
 
 @torch.no_grad()
@@ -263,13 +344,23 @@ def _trace(model, x: torch.Tensor) -> dict:
     """Mean per-node reconstruction error per iteration (Fig. 8) and mean objective."""
     model.eval()
     _, trace = model.encode(x, trace=True)
-    return {"node_errors": {str(j): [float(v) for v in e.mean(1)]
-                            for j, e in trace.node_errors.items()},
-            "objective": [float(v) for v in trace.objective.mean(1)]}
+    return {
+        "node_errors": {
+            str(j): [float(v) for v in e.mean(1)] for j, e in trace.node_errors.items()
+        },
+        "objective": [float(v) for v in trace.objective.mean(1)],
+    }
 
 
-def _run_model(spec: ModelSpec, profile: Profile, dataset: str, data, models_dir: Path,
-               seed: int, progress: bool) -> tuple[dict, bool]:
+def _run_model(
+    spec: ModelSpec,
+    profile: Profile,
+    dataset: str,
+    data,
+    models_dir: Path,
+    seed: int,
+    progress: bool,
+) -> tuple[dict, bool]:
     """Train (or resume) one model and measure it; ``(result, trained_now)``."""
     folder = models_dir / spec.name
     config = _config(spec, profile, dataset, seed)
@@ -288,19 +379,32 @@ def _run_model(spec: ModelSpec, profile: Profile, dataset: str, data, models_dir
     start = time.perf_counter()
     # A result of another configuration means the checkpoint is stale: start over.
     stale = isinstance(old, dict)
-    history = train(model, train_set, val_set, **_train_settings(profile, seed),
-                    log_path=folder / "log.jsonl", checkpoint_dir=folder, resume=not stale,
-                    progress=progress, metadata=metadata)
+    history = train(
+        model,
+        train_set,
+        val_set,
+        **_train_settings(profile, seed),
+        log_path=folder / "log.jsonl",
+        checkpoint_dir=folder,
+        resume=not stale,
+        progress=progress,
+        metadata=metadata,
+    )
     seconds = time.perf_counter() - start
     model.eval()
     last = history[-1]
     x, _ = _first_batch(val_set, profile.trace_images)
     result = {
-        "name": spec.name, "config_hash": key, "config": config,
+        "name": spec.name,
+        "config_hash": key,
+        "config": config,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "epochs": int(last["epoch"]), "train_acc": last["train_acc"],
-        "val_acc": last["val_acc"], "fgsm_eps": parse_eps(profile.eps),
-        "val_fgsm_acc": last["val_fgsm_acc"], "val_samples": len(val_set),
+        "epochs": int(last["epoch"]),
+        "train_acc": last["train_acc"],
+        "val_acc": last["val_acc"],
+        "fgsm_eps": parse_eps(profile.eps),
+        "val_fgsm_acc": last["val_fgsm_acc"],
+        "val_samples": len(val_set),
         "train_seconds": sum(r.get("time", 0.0) for r in history),
         "wall_seconds_this_call": seconds,
         "trace": _trace(model, x.to(next(model.parameters()).device)),
@@ -337,13 +441,18 @@ def _subtitle(profile: Profile, dataset: str) -> str:
 
 def figure5(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 5: feed-forward FGSM accuracy vs depth, ResNet vs chain twin."""
-    numbers = {"eps": parse_eps(profile.eps), "depth_n": list(profile.depths),
-               "layers": [6 * n + 2 for n in profile.depths]}
+    numbers = {
+        "eps": parse_eps(profile.eps),
+        "depth_n": list(profile.depths),
+        "layers": [6 * n + 2 for n in profile.depths],
+    }
     for skips, label in ((True, "residual"), (False, "chain")):
         names = [_feedforward_spec(n, skips).name for n in profile.depths]
-        numbers[label] = {"fgsm_acc": [results[s]["val_fgsm_acc"] for s in names],
-                          "clean_acc": [results[s]["val_acc"] for s in names],
-                          "models": names}
+        numbers[label] = {
+            "fgsm_acc": [results[s]["val_fgsm_acc"] for s in names],
+            "clean_acc": [results[s]["val_acc"] for s in names],
+            "models": names,
+        }
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for label, marker in (("residual", "o"), ("chain", "s")):
@@ -359,18 +468,25 @@ def figure5(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dic
 
 
 def _fig6_names(profile: Profile) -> dict[str, list[str]]:
-    return {f: [_pursuit_spec(f, profile.pursuit_depth, t).name for t in profile.iterations]
-            for f in FAMILIES}
+    return {
+        f: [_pursuit_spec(f, profile.pursuit_depth, t).name for t in profile.iterations]
+        for f in FAMILIES
+    }
 
 
 def figure6(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 6: FGSM accuracy vs iterations ``T`` for L-BP, DP and DP-res."""
-    numbers = {"eps": parse_eps(profile.eps), "T": list(profile.iterations),
-               "depth_n": profile.pursuit_depth}
+    numbers = {
+        "eps": parse_eps(profile.eps),
+        "T": list(profile.iterations),
+        "depth_n": profile.pursuit_depth,
+    }
     for family, names in _fig6_names(profile).items():
-        numbers[FAMILIES[family]] = {"fgsm_acc": [results[s]["val_fgsm_acc"] for s in names],
-                                     "clean_acc": [results[s]["val_acc"] for s in names],
-                                     "models": names}
+        numbers[FAMILIES[family]] = {
+            "fgsm_acc": [results[s]["val_fgsm_acc"] for s in names],
+            "clean_acc": [results[s]["val_acc"] for s in names],
+            "models": names,
+        }
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for label in FAMILIES.values():
@@ -396,19 +512,22 @@ def _read_log(path: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def figure7(results: dict, profile: Profile, dataset: str, out_dir: Path,
-            models_dir: Path) -> dict:
+def figure7(results: dict, profile: Profile, dataset: str, out_dir: Path, models_dir: Path) -> dict:
     """Fig. 7: train / val / FGSM accuracy per epoch of L-TP, L-BP and DP (largest ``T``)."""
     t = max(profile.iterations)
-    chosen = {"L-TP": _feedforward_spec(profile.pursuit_depth, False).name,
-              "L-BP": _pursuit_spec("lbp", profile.pursuit_depth, t).name,
-              "DP": _pursuit_spec("dp", profile.pursuit_depth, t).name}
+    chosen = {
+        "L-TP": _feedforward_spec(profile.pursuit_depth, False).name,
+        "L-BP": _pursuit_spec("lbp", profile.pursuit_depth, t).name,
+        "DP": _pursuit_spec("dp", profile.pursuit_depth, t).name,
+    }
     numbers: dict[str, Any] = {"eps": parse_eps(profile.eps), "T": t}
     for label, name in chosen.items():
         log = _read_log(models_dir / name / "log.jsonl")
-        numbers[label] = {"model": name, "epoch": [r["epoch"] for r in log],
-                          **{k: [r[k] for r in log]
-                             for k in ("train_acc", "val_acc", "val_fgsm_acc")}}
+        numbers[label] = {
+            "model": name,
+            "epoch": [r["epoch"] for r in log],
+            **{k: [r[k] for r in log] for k in ("train_acc", "val_acc", "val_fgsm_acc")},
+        }
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True)
     for ax, label in zip(axes, chosen):
@@ -428,9 +547,12 @@ def figure7(results: dict, profile: Profile, dataset: str, out_dir: Path,
 def figure8(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 8: per-layer reconstruction error per iteration, largest-``T`` models."""
     t = max(profile.iterations)
-    numbers: dict[str, Any] = {"T": t, "images": profile.trace_images,
-                               "quantity": "mean over images of ||r||^2/||target||^2 of the "
-                                           "terms a node synthesises (Trace.node_errors)"}
+    numbers: dict[str, Any] = {
+        "T": t,
+        "images": profile.trace_images,
+        "quantity": "mean over images of ||r||^2/||target||^2 of the "
+        "terms a node synthesises (Trace.node_errors)",
+    }
     for family, label in FAMILIES.items():
         name = _pursuit_spec(family, profile.pursuit_depth, t).name
         numbers[label] = {"model": name, **results[name]["trace"]}
@@ -450,19 +572,34 @@ def figure8(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dic
     return numbers
 
 
-def _geometry_figure(results: dict, profile: Profile, dataset: str, out_dir: Path, *,
-                     number: int, key: str, ylabel: str) -> dict:
-    numbers: dict[str, Any] = {"T": list(profile.iterations), "quantity": key,
-                               "dtype": "float64", "method": "structured"}
-    missing = [r["geometry"].get("reason") for r in results.values()
-               if not r["geometry"].get("available")]
+def _geometry_figure(
+    results: dict,
+    profile: Profile,
+    dataset: str,
+    out_dir: Path,
+    *,
+    number: int,
+    key: str,
+    ylabel: str,
+) -> dict:
+    numbers: dict[str, Any] = {
+        "T": list(profile.iterations),
+        "quantity": key,
+        "dtype": "float64",
+        "method": "structured",
+    }
+    missing = [
+        r["geometry"].get("reason") for r in results.values() if not r["geometry"].get("available")
+    ]
     if missing:
         numbers["skipped"] = missing[0]
         _write_json(out_dir / f"fig{number}.json", numbers)
         return numbers
     for family, names in _fig6_names(profile).items():
-        numbers[FAMILIES[family]] = {key: [results[s]["geometry"][key] for s in names],
-                                     "models": names}
+        numbers[FAMILIES[family]] = {
+            key: [results[s]["geometry"][key] for s in names],
+            "models": names,
+        }
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for label in FAMILIES.values():
@@ -479,14 +616,28 @@ def _geometry_figure(results: dict, profile: Profile, dataset: str, out_dir: Pat
 
 def figure9(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 9: deep frame potential of each Fig. 6 model's dictionary vs ``T``."""
-    return _geometry_figure(results, profile, dataset, out_dir, number=9,
-                            key="deep_frame_potential", ylabel="deep frame potential")
+    return _geometry_figure(
+        results,
+        profile,
+        dataset,
+        out_dir,
+        number=9,
+        key="deep_frame_potential",
+        ylabel="deep frame potential",
+    )
 
 
 def figure10(results: dict, profile: Profile, dataset: str, out_dir: Path) -> dict:
     """Fig. 10: mutual coherence of each Fig. 6 model's dictionary vs ``T``."""
-    return _geometry_figure(results, profile, dataset, out_dir, number=10,
-                            key="mutual_coherence", ylabel="mutual coherence")
+    return _geometry_figure(
+        results,
+        profile,
+        dataset,
+        out_dir,
+        number=10,
+        key="mutual_coherence",
+        ylabel="mutual coherence",
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -494,10 +645,12 @@ def figure10(results: dict, profile: Profile, dataset: str, out_dir: Path) -> di
 
 def _machine() -> str:
     threads = torch.get_num_threads()
-    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only")
-    return (f"{platform.platform()}; {platform.processor() or platform.machine()}; "
-            f"{os.cpu_count()} logical CPUs; torch {torch.__version__} with {threads} "
-            f"intra-op thread(s); {device}")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return (
+        f"{platform.platform()}; {platform.processor() or platform.machine()}; "
+        f"{os.cpu_count()} logical CPUs; torch {torch.__version__} with {threads} "
+        f"intra-op thread(s); {device}"
+    )
 
 
 def _fmt(value) -> str:
@@ -510,13 +663,15 @@ def _report(summary: dict, figures: dict, results: dict, profile: Profile) -> st
         "# deepframe reproduction of the seed paper's Figs. 5-10",
         "",
         f"**Profile `{profile.name}` on `{s['dataset']}`.** "
-        + ("This is a CPU-scale profile, not the paper's setting: the paper trains "
-           "modified ResNets on CIFAR-10 to about 90% clean accuracy; here small models "
-           "are trained for a few epochs on scikit-learn's 8x8 handwritten digits. "
-           "Compare trends, not numbers."
-           if s["dataset"] != "cifar10" else
-           "CIFAR-10 at reduced training length; the paper's recipe and accuracy "
-           "(about 90% clean) are not guaranteed by this profile."),
+        + (
+            "This is a CPU-scale profile, not the paper's setting: the paper trains "
+            "modified ResNets on CIFAR-10 to about 90% clean accuracy; here small models "
+            "are trained for a few epochs on scikit-learn's 8x8 handwritten digits. "
+            "Compare trends, not numbers."
+            if s["dataset"] != "cifar10"
+            else "CIFAR-10 at reduced training length; the paper's recipe and accuracy "
+            "(about 90% clean) are not guaranteed by this profile."
+        ),
         "",
         "## What was run",
         "",
@@ -548,41 +703,72 @@ def _report(summary: dict, figures: dict, results: dict, profile: Profile) -> st
     ]
     for name, r in results.items():
         m = r["config"]["model"]
-        lines.append(f"| {name} | {m['method']} | {m['skips']} | {m['depth']} | "
-                     f"{m['iterations']} | {r['parameters']} | {_fmt(r['train_acc'])} | "
-                     f"{_fmt(r['val_acc'])} | {_fmt(r['val_fgsm_acc'])} |")
+        lines.append(
+            f"| {name} | {m['method']} | {m['skips']} | {m['depth']} | "
+            f"{m['iterations']} | {r['parameters']} | {_fmt(r['train_acc'])} | "
+            f"{_fmt(r['val_acc'])} | {_fmt(r['val_fgsm_acc'])} |"
+        )
     lines += ["", "## Figures", ""]
     f5 = figures["fig5"]
-    lines += ["Fig. 5 (feed-forward FGSM accuracy vs layers): "
-              + ", ".join(f"{layers} layers: residual {_fmt(a)} / chain {_fmt(b)}"
-                          for layers, a, b in zip(f5["layers"], f5["residual"]["fgsm_acc"],
-                                                  f5["chain"]["fgsm_acc"])),
-              "", "![fig5](fig5.png)", ""]
+    lines += [
+        "Fig. 5 (feed-forward FGSM accuracy vs layers): "
+        + ", ".join(
+            f"{layers} layers: residual {_fmt(a)} / chain {_fmt(b)}"
+            for layers, a, b in zip(
+                f5["layers"], f5["residual"]["fgsm_acc"], f5["chain"]["fgsm_acc"]
+            )
+        ),
+        "",
+        "![fig5](fig5.png)",
+        "",
+    ]
     f6 = figures["fig6"]
-    lines += ["Fig. 6 (FGSM accuracy vs T = " + str(f6["T"]) + "): "
-              + "; ".join(f"{label} {[round(v, 3) for v in f6[label]['fgsm_acc']]}"
-                          for label in FAMILIES.values()),
-              "", "![fig6](fig6.png)", "", "Fig. 7 (training curves): ![fig7](fig7.png)", "",
-              "Fig. 8 (reconstruction error per iteration): ![fig8](fig8.png)", ""]
+    lines += [
+        "Fig. 6 (FGSM accuracy vs T = "
+        + str(f6["T"])
+        + "): "
+        + "; ".join(
+            f"{label} {[round(v, 3) for v in f6[label]['fgsm_acc']]}" for label in FAMILIES.values()
+        ),
+        "",
+        "![fig6](fig6.png)",
+        "",
+        "Fig. 7 (training curves): ![fig7](fig7.png)",
+        "",
+        "Fig. 8 (reconstruction error per iteration): ![fig8](fig8.png)",
+        "",
+    ]
     for number in (9, 10):
         fig = figures[f"fig{number}"]
         if "skipped" in fig:
             lines += [f"Fig. {number}: **skipped** - {fig['skipped']}", ""]
         else:
             key = fig["quantity"]
-            lines += [f"Fig. {number} ({key} vs T): "
-                      + "; ".join(f"{label} {[round(v, 5) for v in fig[label][key]]}"
-                                  for label in FAMILIES.values()),
-                      "", f"![fig{number}](fig{number}.png)", ""]
+            lines += [
+                f"Fig. {number} ({key} vs T): "
+                + "; ".join(
+                    f"{label} {[round(v, 5) for v in fig[label][key]]}"
+                    for label in FAMILIES.values()
+                ),
+                "",
+                f"![fig{number}](fig{number}.png)",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def reproduce(out_dir: str | Path, *, profile: str = "quick", dataset: str = "digits",
-              data_dir: str | Path | None = None, seed: int = 0,
-              progress: bool = True) -> dict:
+def reproduce(
+    out_dir: str | Path,
+    *,
+    profile: str = "quick",
+    dataset: str = "digits",
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Train, measure and plot the seed paper's Figs. 5-10 (SPEC §7).
 
     Every model is trained with :func:`deepframe.train.train` (checkpoint and
@@ -617,13 +803,16 @@ def reproduce(out_dir: str | Path, *, profile: str = "quick", dataset: str = "di
         ``{"summary": ..., "figures": {"fig5": numbers, ...}, "models": {name: result}}``.
     """
     if profile not in PROFILES:
-        raise ValueError(f"reproduce: unknown profile {profile!r}; expected one of "
-                         f"{sorted(PROFILES)}")
+        raise ValueError(
+            f"reproduce: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"
+        )
     if dataset not in ("digits", "cifar10"):
         raise ValueError(f"reproduce: dataset must be 'digits' or 'cifar10', got {dataset!r}")
     if dataset == "cifar10" and data_dir is None:
-        raise ValueError("reproduce: dataset 'cifar10' needs data_dir (a cifar-10-batches-py "
-                         "folder; python shared/tools/cifar10_batches.py DEST writes one)")
+        raise ValueError(
+            "reproduce: dataset 'cifar10' needs data_dir (a cifar-10-batches-py "
+            "folder; python shared/tools/cifar10_batches.py DEST writes one)"
+        )
     prof = PROFILES[profile]
     out = Path(out_dir)
     models_dir = out / "models"
@@ -634,8 +823,9 @@ def reproduce(out_dir: str | Path, *, profile: str = "quick", dataset: str = "di
         torch.set_num_threads(prof.threads)
     try:
         info = DATASETS[dataset]
-        train_set, val_set = load_dataset(dataset, data_dir=data_dir, seed=seed,
-                                          augment=dataset == "cifar10")
+        train_set, val_set = load_dataset(
+            dataset, data_dir=data_dir, seed=seed, augment=dataset == "cifar10"
+        )
         val_set = _subset(val_set, prof.val_limit)
         data = (train_set, val_set, info)
         specs = model_specs(prof)
@@ -649,14 +839,15 @@ def reproduce(out_dir: str | Path, *, profile: str = "quick", dataset: str = "di
         for spec in bar if bar is not None else specs:
             if bar is not None:
                 bar.set_postfix_str(spec.name)
-            result, fresh = _run_model(spec, prof, dataset, data, models_dir, seed,
-                                       progress=False)
+            result, fresh = _run_model(spec, prof, dataset, data, models_dir, seed, progress=False)
             results[spec.name] = result
             trained += fresh
             if progress:
-                bar.write(f"{spec.name:>16}: val {_fmt(result['val_acc'])} FGSM "
-                          f"{_fmt(result['val_fgsm_acc'])} "
-                          f"({'trained' if fresh else 'reused'})")
+                bar.write(
+                    f"{spec.name:>16}: val {_fmt(result['val_acc'])} FGSM "
+                    f"{_fmt(result['val_fgsm_acc'])} "
+                    f"({'trained' if fresh else 'reused'})"
+                )
         if bar is not None:
             bar.close()
 
@@ -669,16 +860,22 @@ def reproduce(out_dir: str | Path, *, profile: str = "quick", dataset: str = "di
             "fig10": figure10(results, prof, dataset, out),
         }
         summary = {
-            "profile": prof.name, "dataset": dataset, "seed": seed,
-            "settings": dataclasses.asdict(prof), "models": len(specs), "trained_now": trained,
-            "train_samples": len(train_set), "val_samples": len(val_set),
+            "profile": prof.name,
+            "dataset": dataset,
+            "seed": seed,
+            "settings": dataclasses.asdict(prof),
+            "models": len(specs),
+            "trained_now": trained,
+            "train_samples": len(train_set),
+            "val_samples": len(val_set),
             "train_seconds": math.fsum(r["train_seconds"] for r in results.values()),
-            "wall_seconds": time.perf_counter() - start, "machine": _machine(),
+            "wall_seconds": time.perf_counter() - start,
+            "machine": _machine(),
         }
-        atomic_write(out / "report.md",
-                     lambda f: f.write(_report(summary, figures, results, prof).encode()))
+        atomic_write(
+            out / "report.md", lambda f: f.write(_report(summary, figures, results, prof).encode())
+        )
         _write_json(out / "summary.json", summary)
     finally:
         torch.set_num_threads(old_threads)
     return {"summary": summary, "figures": figures, "models": results}
-

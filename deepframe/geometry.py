@@ -313,8 +313,9 @@ class _Piece:
         return dataclasses.replace(self, op=new)
 
 
-def _incidence(size: int, res_size: int, k: int, stride: int, padding: int,
-               transposed: bool) -> np.ndarray:
+def _incidence(
+    size: int, res_size: int, k: int, stride: int, padding: int, transposed: bool
+) -> np.ndarray:
     """``inc[y, alpha]``: the residual index atom ``y`` reaches through tap ``alpha``, or -1.
 
     ``transposed`` (synthesis block ``A^T`` of ``A = conv(stride, padding)``):
@@ -396,8 +397,9 @@ class _Block:
     structural: int | None = None  # off-diagonal structural nonzeros of block (a, b) only
 
 
-def _axis_classes(contribs: list, axis: int, cls_a: np.ndarray, cls_b: np.ndarray,
-                  diagonal: bool) -> _AxisClasses:
+def _axis_classes(
+    contribs: list, axis: int, cls_a: np.ndarray, cls_b: np.ndarray, diagonal: bool
+) -> _AxisClasses:
     n_c = len(contribs)
     table: dict = {}
     for ci, (pa, pb) in enumerate(contribs):
@@ -413,8 +415,12 @@ def _axis_classes(contribs: list, axis: int, cls_a: np.ndarray, cls_b: np.ndarra
                 table[key][ci].add((int(a1), a2))
     groups: dict = {}
     for (y, y2), taps in sorted(table.items()):
-        sig = (int(cls_a[y]), int(cls_b[y2]), diagonal and y == y2,
-               tuple(frozenset(t) for t in taps))
+        sig = (
+            int(cls_a[y]),
+            int(cls_b[y2]),
+            diagonal and y == y2,
+            tuple(frozenset(t) for t in taps),
+        )
         if sig in groups:
             groups[sig][2] += 1
         else:
@@ -424,8 +430,12 @@ def _axis_classes(contribs: list, axis: int, cls_a: np.ndarray, cls_b: np.ndarra
     if diagonal:
         sig_of = {}
         for (y, y2), taps in table.items():
-            sig_of[(y, y2)] = (int(cls_a[y]), int(cls_b[y2]), y == y2,
-                               tuple(frozenset(t) for t in taps))
+            sig_of[(y, y2)] = (
+                int(cls_a[y]),
+                int(cls_b[y2]),
+                y == y2,
+                tuple(frozenset(t) for t in taps),
+            )
         index = {sig: p for p, sig in enumerate(groups)}
         mirror = np.array([index[sig_of[(e[1], e[0])]] for e in entries], dtype=np.int64)
     rep = np.array([[e[0], e[1]] for e in entries], dtype=np.int64).reshape(-1, 2)
@@ -461,8 +471,12 @@ def _atom_location(d: GlobalDictionary, node, flat_index: int) -> dict:
     idx = np.unravel_index(int(flat_index), shape)
     col = d.col_offsets[d.nodes.index(node)] + int(flat_index)
     if len(shape) == 3:
-        return {"node": node, "channel": int(idx[0]), "position": [int(idx[1]), int(idx[2])],
-                "column": col}
+        return {
+            "node": node,
+            "channel": int(idx[0]),
+            "position": [int(idx[1]), int(idx[2])],
+            "column": col,
+        }
     return {"node": node, "feature": int(idx[0]), "column": col}
 
 
@@ -496,8 +510,10 @@ class _StructuredGram:
         for j in d.nodes:
             shape = d.node_shapes[j]
             if len(shape) == 3:
-                self.classes[j] = (_norm_classes(self.pieces[j], 0, shape[1]),
-                                   _norm_classes(self.pieces[j], 1, shape[2]))
+                self.classes[j] = (
+                    _norm_classes(self.pieces[j], 0, shape[1]),
+                    _norm_classes(self.pieces[j], 1, shape[2]),
+                )
         self.blocks = []
         for (ia, ib), contribs in sorted(by_pair.items()):
             a, b = d.nodes[ia], d.nodes[ib]
@@ -505,8 +521,9 @@ class _StructuredGram:
             block.classes = all(pa.conv_like and pb.conv_like for pa, pb in contribs)
             if block.classes:
                 ca, cb = self.classes[a], self.classes[b]
-                block.axes = tuple(_axis_classes(contribs, ax, ca[ax], cb[ax], ia == ib)
-                                   for ax in (0, 1))
+                block.axes = tuple(
+                    _axis_classes(contribs, ax, ca[ax], cb[ax], ia == ib) for ax in (0, 1)
+                )
             self.blocks.append(block)
 
     # -- sizes -----------------------------------------------------------------
@@ -556,8 +573,11 @@ class _StructuredGram:
         total = 0
         for block in self.blocks:
             if block.structural is None:
-                block.structural = (self._structural_classes(block) if block.classes
-                                    else self._structural_full(block))
+                block.structural = (
+                    self._structural_classes(block)
+                    if block.classes
+                    else self._structural_full(block)
+                )
             total += block.structural * (1 if block.ia == block.ib else 2)
         return total
 
@@ -595,14 +615,24 @@ class _StructuredGram:
                 if not key[ci]:
                     continue
                 if pa.learned or pb.learned:
-                    rows = (torch.ones(c_a, dtype=torch.bool) if pa.learned
-                            else torch.as_tensor(pa.sel >= 0))
-                    cols = (torch.ones(c_b, dtype=torch.bool) if pb.learned
-                            else torch.as_tensor(pb.sel >= 0))
+                    rows = (
+                        torch.ones(c_a, dtype=torch.bool)
+                        if pa.learned
+                        else torch.as_tensor(pa.sel >= 0)
+                    )
+                    cols = (
+                        torch.ones(c_b, dtype=torch.bool)
+                        if pb.learned
+                        else torch.as_tensor(pb.sel >= 0)
+                    )
                     hit |= rows[:, None] & cols[None, :]
                 else:
-                    const += (pa.sign * pb.sign * key[ci]
-                              * _select_select(pa.sel, pb.sel, torch.float64, "cpu"))
+                    const += (
+                        pa.sign
+                        * pb.sign
+                        * key[ci]
+                        * _select_select(pa.sel, pb.sel, torch.float64, "cpu")
+                    )
             hit |= const != 0
             if key[-1]:
                 hit.fill_diagonal_(False)
@@ -652,8 +682,12 @@ class _StructuredGram:
         ``blocks`` (list of per-block dicts).
         """
         sq = self.sqnorms()
-        inv = {j: torch.where(v > 0, v.clamp_min(torch.finfo(v.dtype).tiny).rsqrt(),
-                              torch.zeros_like(v)) for j, v in sq.items()}
+        inv = {
+            j: torch.where(
+                v > 0, v.clamp_min(torch.finfo(v.dtype).tiny).rsqrt(), torch.zeros_like(v)
+            )
+            for j, v in sq.items()
+        }
         nonzero = int(sum(int((v > 0).sum()) for v in sq.values()))
         offdiag = None
         best = None
@@ -686,8 +720,7 @@ class _StructuredGram:
         c_b = self.d.node_shapes[block.b][0]
         py, px = len(ay.mult), len(ax.mult)
         zero = torch.zeros((), dtype=dtype, device=device)
-        live = [ci for ci in range(len(block.contribs))
-                if len(ay.taps[ci]) and len(ax.taps[ci])]
+        live = [ci for ci in range(len(block.contribs)) if len(ay.taps[ci]) and len(ax.taps[ci])]
         if py == 0 or px == 0 or not live:
             return zero, None, None
         ry = torch.as_tensor(ay.rep, device=device)
@@ -709,20 +742,29 @@ class _StructuredGram:
             weight = {p: float(ay.mult[p]) for p in classes}
         taps_y, rows_y = [], []
         for ci in live:
-            used = sorted(set().union(*[np.nonzero(ay.window[ci][p])[0].tolist()
-                                        for p in classes]))
+            used = sorted(set().union(*[np.nonzero(ay.window[ci][p])[0].tolist() for p in classes]))
             local = {t: i for i, t in enumerate(used)}
             taps_y.append(ay.taps[ci][np.array(used, dtype=np.int64)].reshape(-1, 2))
-            rows_y.append({p: torch.as_tensor([local[t] for t in
-                                               np.nonzero(ay.window[ci][p])[0].tolist()],
-                                              dtype=torch.long, device=device)
-                           for p in classes})
+            rows_y.append(
+                {
+                    p: torch.as_tensor(
+                        [local[t] for t in np.nonzero(ay.window[ci][p])[0].tolist()],
+                        dtype=torch.long,
+                        device=device,
+                    )
+                    for p in classes
+                }
+            )
         wx = [torch.as_tensor(ax.window[ci], dtype=dtype, device=device) for ci in live]
         sizes = [(len(ty), len(ax.taps[ci])) for ty, ci in zip(taps_y, live)]
         q_bytes = sum(ly * lx for ly, lx in sizes) * c_a * c_b * 8
         whole = q_bytes <= self.memory_budget // 4
-        products = [_tap_products(*block.contribs[ci], ty, ax.taps[ci], dtype, device)
-                    if whole and len(ty) else None for ty, ci in zip(taps_y, live)]
+        products = [
+            _tap_products(*block.contribs[ci], ty, ax.taps[ci], dtype, device)
+            if whole and len(ty)
+            else None
+            for ty, ci in zip(taps_y, live)
+        ]
         chunk = c_a if whole else self._chunk(8 * c_b * 2 * sum(a * b for a, b in sizes), c_a)
         grad = torch.is_grad_enabled()
         fp = None
@@ -733,10 +775,12 @@ class _StructuredGram:
             for n, ci in enumerate(live):
                 q = products[n]
                 if q is None and sizes[n][0]:
-                    q = _tap_products(*block.contribs[ci], taps_y[n], ax.taps[ci], dtype,
-                                      device, (c0, c1))
-                qs.append(None if q is None else
-                          q.reshape(sizes[n][0], sizes[n][1], (c1 - c0) * c_b))
+                    q = _tap_products(
+                        *block.contribs[ci], taps_y[n], ax.taps[ci], dtype, device, (c0, c1)
+                    )
+                qs.append(
+                    None if q is None else q.reshape(sizes[n][0], sizes[n][1], (c1 - c0) * c_b)
+                )
             rows = torch.arange(c0, c1, device=device)
             for p in classes:
                 r = None
@@ -841,17 +885,28 @@ def _select_select(sel_a: np.ndarray, sel_b: np.ndarray, dtype, device) -> torch
     return ((a[:, None] == b[None, :]) & (a[:, None] >= 0)).to(dtype)
 
 
-def _tap_products(pa: _Piece, pb: _Piece, taps_y: np.ndarray, taps_x: np.ndarray, dtype,
-                  device, rows: tuple | None = None) -> torch.Tensor:
+def _tap_products(
+    pa: _Piece,
+    pb: _Piece,
+    taps_y: np.ndarray,
+    taps_x: np.ndarray,
+    dtype,
+    device,
+    rows: tuple | None = None,
+) -> torch.Tensor:
     """``Q[l, c, c'] = sum_i K_a[c, i, taps_a(l)] K_b[c', i, taps_b(l)]``, ``l = (ly, lx)``.
 
     ``rows=(c0, c1)`` restricts ``c`` to a chunk.
     """
     c0, c1 = rows if rows is not None else (0, pa.node_shape[0])
     # tap index of every l = (ly, lx) on each side, as flat kernel positions
-    flat = [torch.as_tensor((taps_y[:, side, None] * pk.kernel_size[1]
-                             + taps_x[None, :, side]).reshape(-1), device=device)
-            for side, pk in ((0, pa), (1, pb))]
+    flat = [
+        torch.as_tensor(
+            (taps_y[:, side, None] * pk.kernel_size[1] + taps_x[None, :, side]).reshape(-1),
+            device=device,
+        )
+        for side, pk in ((0, pa), (1, pb))
+    ]
 
     def gathered(piece, side, transpose=False):
         # (L, c, i) or (L, i, c): indexing the leading tap axis yields contiguous operands
@@ -934,8 +989,9 @@ def _dense_structure(d: GlobalDictionary, memory_budget: int) -> torch.Tensor:
     return pattern
 
 
-def _dense_metrics(d, *, order: int, memory_budget: int, want_dfp: bool,
-                   details: bool) -> GramMetrics:
+def _dense_metrics(
+    d, *, order: int, memory_budget: int, want_dfp: bool, details: bool
+) -> GramMetrics:
     if isinstance(d, GlobalDictionary):
         m = _dense_matrix(d, memory_budget)
     else:
@@ -974,8 +1030,9 @@ def _dense_metrics(d, *, order: int, memory_budget: int, want_dfp: bool,
             blocks = _dense_blocks(d, off, structure if want_dfp else None)
     else:
         attained["atoms"] = [{"column": i}, {"column": j}]
-    return GramMetrics(mu, fp, dfp, big_n, n, int(nonzero.sum()), n_nz, attained, blocks,
-                       "dense", order)
+    return GramMetrics(
+        mu, fp, dfp, big_n, n, int(nonzero.sum()), n_nz, attained, blocks, "dense", order
+    )
 
 
 def _locate(d: GlobalDictionary, column: int):
@@ -996,20 +1053,26 @@ def _dense_blocks(d: GlobalDictionary, off, structure) -> list:
     for ia, a in enumerate(d.nodes):
         for ib in range(ia, len(d.nodes)):
             b = d.nodes[ib]
-            sub = off[offs[ia]:offs[ia + 1], offs[ib]:offs[ib + 1]]
-            nnz = (int(structure[offs[ia]:offs[ia + 1], offs[ib]:offs[ib + 1]].sum())
-                   if structure is not None else None)
+            sub = off[offs[ia] : offs[ia + 1], offs[ib] : offs[ib + 1]]
+            nnz = (
+                int(structure[offs[ia] : offs[ia + 1], offs[ib] : offs[ib + 1]].sum())
+                if structure is not None
+                else None
+            )
             if float(sub.max()) == 0.0 and not nnz:
                 continue
             arg = int(sub.reshape(-1).argmax())
             i, j = divmod(arg, sub.shape[1])
             factor = 1 if ia == ib else 2
-            out.append({
-                "blocks": [a, b], "max": float(sub[i, j]),
-                "atoms": [_atom_location(d, a, i), _atom_location(d, b, j)],
-                "frame_potential": factor * float(sub.pow(2).sum()),
-                "structural_nonzeros": None if nnz is None else factor * nnz,
-            })
+            out.append(
+                {
+                    "blocks": [a, b],
+                    "max": float(sub[i, j]),
+                    "atoms": [_atom_location(d, a, i), _atom_location(d, b, j)],
+                    "frame_potential": factor * float(sub.pow(2).sum()),
+                    "structural_nonzeros": None if nnz is None else factor * nnz,
+                }
+            )
     out.sort(key=lambda r: -r["max"])
     return out
 
@@ -1017,8 +1080,9 @@ def _dense_blocks(d: GlobalDictionary, off, structure) -> list:
 def _as_matrix(d) -> torch.Tensor:
     m = d if isinstance(d, torch.Tensor) else torch.as_tensor(np.asarray(d))
     if m.dim() != 2:
-        raise ValueError(f"a dictionary matrix must be 2-D (rows x atoms), got shape "
-                         f"{tuple(m.shape)}")
+        raise ValueError(
+            f"a dictionary matrix must be 2-D (rows x atoms), got shape {tuple(m.shape)}"
+        )
     if m.is_complex():
         return m.to(torch.complex128)
     return m.to(torch.float64)
@@ -1032,9 +1096,15 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def gram_metrics(D, *, method: str = "structured", order: int = 1, deep: bool = True,
-                 details: bool = False,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GramMetrics:
+def gram_metrics(
+    D,
+    *,
+    method: str = "structured",
+    order: int = 1,
+    deep: bool = True,
+    details: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> GramMetrics:
     """Coherence, frame potential and deep frame potential of ``D`` in one pass.
 
     Parameters
@@ -1064,18 +1134,23 @@ def gram_metrics(D, *, method: str = "structured", order: int = 1, deep: bool = 
         raise ValueError(f"order must be a positive integer, got {order!r}")
     if method == "dense" or not isinstance(D, GlobalDictionary):
         with torch.no_grad():
-            return _dense_metrics(D, order=order, memory_budget=memory_budget, want_dfp=deep,
-                                  details=details)
+            return _dense_metrics(
+                D, order=order, memory_budget=memory_budget, want_dfp=deep, details=details
+            )
     plan = _StructuredGram(D, memory_budget=memory_budget)
     return _structured_metrics(D, plan, order=order, deep=deep, details=details)
 
 
-def _structured_metrics(D: GlobalDictionary, plan: _StructuredGram, *, order: int, deep: bool,
-                        details: bool) -> GramMetrics:
+def _structured_metrics(
+    D: GlobalDictionary, plan: _StructuredGram, *, order: int, deep: bool, details: bool
+) -> GramMetrics:
     with torch.no_grad():
         res = plan.evaluate(order=order, coherence=True, details=details)
-        squares = (float(res["offdiag"]) if order == 1 or not deep
-                   else float(plan.evaluate(order=1, coherence=False)["offdiag"]))
+        squares = (
+            float(res["offdiag"])
+            if order == 1 or not deep
+            else float(plan.evaluate(order=1, coherence=False)["offdiag"])
+        )
     nonzero = res["nonzero_atoms"]
     offdiag = float(res["offdiag"])
     # The diagonal of the normalised Gram is 1 for every nonzero atom.
@@ -1088,31 +1163,43 @@ def _structured_metrics(D: GlobalDictionary, plan: _StructuredGram, *, order: in
     attained = {"value": mu}
     if res["where"] is not None and res["where"][1] is not None:
         block, (i, j) = res["where"]
-        attained.update({"blocks": [block.a, block.b],
-                         "atoms": [_atom_location(D, block.a, i),
-                                   _atom_location(D, block.b, j)]})
+        attained.update(
+            {
+                "blocks": [block.a, block.b],
+                "atoms": [_atom_location(D, block.a, i), _atom_location(D, block.b, j)],
+            }
+        )
     blocks = []
     if details:
         if deep:
             plan.structural_nonzeros()
         for block, fpb, mx, where in res["blocks"]:
-            row = {"blocks": [block.a, block.b], "max": float(mx) if mx is not None else 0.0,
-                   "atoms": None, "frame_potential": float(fpb),
-                   "structural_nonzeros": (None if block.structural is None else
-                                           block.structural * (1 if block.ia == block.ib else 2))}
+            row = {
+                "blocks": [block.a, block.b],
+                "max": float(mx) if mx is not None else 0.0,
+                "atoms": None,
+                "frame_potential": float(fpb),
+                "structural_nonzeros": (
+                    None
+                    if block.structural is None
+                    else block.structural * (1 if block.ia == block.ib else 2)
+                ),
+            }
             if where is not None:
-                row["atoms"] = [_atom_location(D, block.a, where[0]),
-                                _atom_location(D, block.b, where[1])]
+                row["atoms"] = [
+                    _atom_location(D, block.a, where[0]),
+                    _atom_location(D, block.b, where[1]),
+                ]
             if row["max"] > 0 or row["structural_nonzeros"]:
                 blocks.append(row)
         blocks.sort(key=lambda r: -r["max"])
     n, big_n = D.shape
-    return GramMetrics(mu, fp, dfp, big_n, n, nonzero, n_nz, attained, blocks, "structured",
-                       order)
+    return GramMetrics(mu, fp, dfp, big_n, n, nonzero, n_nz, attained, blocks, "structured", order)
 
 
-def mutual_coherence(D, *, method: str = "structured",
-                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
+def mutual_coherence(
+    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> float:
     """Mutual coherence ``mu(D) = max_{i != j} |<d_i, d_j>| / (||d_i|| ||d_j||)``.
 
     Parameters
@@ -1129,8 +1216,9 @@ def mutual_coherence(D, *, method: str = "structured",
     return gram_metrics(D, method=method, deep=False, memory_budget=memory_budget).coherence
 
 
-def frame_potential(D, *, k: int = 1, method: str = "structured",
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
+def frame_potential(
+    D, *, k: int = 1, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> float:
     """Frame potential of the unit-norm atoms: ``FP = ||G||_F^2 = sum_{i,j} |G_ij|^2``.
 
     With ``k > 1`` the order-``k`` potential ``sum_{i,j} |G_ij|^{2k}`` (the
@@ -1150,12 +1238,14 @@ def frame_potential(D, *, k: int = 1, method: str = "structured",
     -------
     float
     """
-    return gram_metrics(D, method=method, order=k, deep=False,
-                        memory_budget=memory_budget).frame_potential
+    return gram_metrics(
+        D, method=method, order=k, deep=False, memory_budget=memory_budget
+    ).frame_potential
 
 
-def deep_frame_potential(D, *, method: str = "structured",
-                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> float:
+def deep_frame_potential(
+    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> float:
     """Deep frame potential: mean squared Gram entry over the structurally nonzero pairs.
 
         DFP(D) = (1 / N_nz) sum_{(i, j) in S} G_ij^2 = (FP(D) - N') / N_nz
@@ -1180,12 +1270,14 @@ def deep_frame_potential(D, *, method: str = "structured",
     -------
     float
     """
-    return gram_metrics(D, method=method, deep=True,
-                        memory_budget=memory_budget).deep_frame_potential
+    return gram_metrics(
+        D, method=method, deep=True, memory_budget=memory_budget
+    ).deep_frame_potential
 
 
-def coherence_breakdown(D, *, method: str = "structured",
-                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[dict]:
+def coherence_breakdown(
+    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> list[dict]:
     """Per block pair ``(a, b)`` of nodes: the largest ``|G_ij|`` and where it is attained.
 
     Parameters
@@ -1206,8 +1298,9 @@ def coherence_breakdown(D, *, method: str = "structured",
     """
     if not isinstance(D, GlobalDictionary):
         raise TypeError(f"coherence_breakdown needs a GlobalDictionary, got {type(D).__name__}")
-    return gram_metrics(D, method=method, deep=True, details=True,
-                        memory_budget=memory_budget).blocks
+    return gram_metrics(
+        D, method=method, deep=True, details=True, memory_budget=memory_budget
+    ).blocks
 
 
 # ==========================================================================
@@ -1257,8 +1350,12 @@ def lower_bounds(graph_or_D, *, orders: tuple = (1,), field: str = "real") -> di
         ``structural_nonzeros``, ``per_node`` (``N_j``, ``r_j``).
     """
     d = _as_dictionary(graph_or_D)
-    return _bounds(graph_or_D if d is None else d, None if d is None else _StructuredGram(d),
-                   orders=orders, field=field)
+    return _bounds(
+        graph_or_D if d is None else d,
+        None if d is None else _StructuredGram(d),
+        orders=orders,
+        field=field,
+    )
 
 
 def _bounds(d, plan: _StructuredGram | None, *, orders: tuple, field: str) -> dict:
@@ -1289,8 +1386,14 @@ def _bounds(d, plan: _StructuredGram | None, *, orders: tuple, field: str) -> di
     if atoms == 0:  # every column is zero: nothing to bound
         welch = [{"k": k, "coherence": 0.0, "frame_potential": 0.0} for k in orders]
     else:
-        welch = [{"k": k, "coherence": welch_bound(atoms, n, k, field),
-                  "frame_potential": frame_potential_bound(atoms, n, k, field)} for k in orders]
+        welch = [
+            {
+                "k": k,
+                "coherence": welch_bound(atoms, n, k, field),
+                "frame_potential": frame_potential_bound(atoms, n, k, field),
+            }
+            for k in orders
+        ]
     fp_welch = atoms**2 / n
     fp_blocks = sum(p["atoms"] ** 2 / p["rows"] for p in per_node if p["rows"] > 0)
     fp_lb = max(fp_welch, fp_blocks)
@@ -1311,11 +1414,17 @@ def _bounds(d, plan: _StructuredGram | None, *, orders: tuple, field: str) -> di
 # ==========================================================================
 # minimisation (dataless model selection)
 # ==========================================================================
-def minimize_frame_potential(graph: nx.DiGraph, steps: int = 100, lr: float = 1e-2,
-                             seed: int = 0, *, method: str = "structured",
-                             device: torch.device | str | None = None,
-                             dtype: torch.dtype = torch.float64,
-                             memory_budget: int = DEFAULT_MEMORY_BUDGET) -> FramePotentialResult:
+def minimize_frame_potential(
+    graph: nx.DiGraph,
+    steps: int = 100,
+    lr: float = 1e-2,
+    seed: int = 0,
+    *,
+    method: str = "structured",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> FramePotentialResult:
     """Minimum deep frame potential of an architecture by gradient descent over its weights.
 
     Dataless model selection (Murdock & Lucey 2020): starting from the seeded
@@ -1355,8 +1464,7 @@ def minimize_frame_potential(graph: nx.DiGraph, steps: int = 100, lr: float = 1e
     g = validate(graph)
     device = torch.device(device if device is not None else "cpu")
     initial = random_weights(g, seed=seed, dtype=torch.float64, device="cpu")
-    params = {k: v.to(device=device, dtype=dtype).requires_grad_(True)
-              for k, v in initial.items()}
+    params = {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in initial.items()}
     d = GlobalDictionary(g, params)
     if method == "structured":
         plan = _StructuredGram(d, memory_budget=memory_budget)
@@ -1403,10 +1511,16 @@ def _jsonable(value):
     return str(value)
 
 
-def metrics_report(graph_or_D, *, method: str = "structured", seed: int = 0,
-                   weights: Mapping | None = None, orders: tuple = (1, 2),
-                   details: bool = False,
-                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict:
+def metrics_report(
+    graph_or_D,
+    *,
+    method: str = "structured",
+    seed: int = 0,
+    weights: Mapping | None = None,
+    orders: tuple = (1, 2),
+    details: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict:
     """All geometry of one dictionary as a JSON-serialisable dict (``deepframe metrics``).
 
     Parameters
@@ -1438,16 +1552,16 @@ def metrics_report(graph_or_D, *, method: str = "structured", seed: int = 0,
     elif isinstance(graph_or_D, nx.DiGraph):
         d = dictionary(graph_or_D, seed=seed, weights=weights)
     else:
-        raise TypeError(f"metrics_report needs a graph or a GlobalDictionary, got "
-                        f"{type(graph_or_D).__name__}")
+        raise TypeError(
+            f"metrics_report needs a graph or a GlobalDictionary, got {type(graph_or_D).__name__}"
+        )
     _check_method(method)
     plan = _StructuredGram(d, memory_budget=memory_budget)
     bounds = _bounds(d, plan, orders=orders, field="real")
     if method == "structured":
         m = _structured_metrics(d, plan, order=1, deep=True, details=details)
     else:
-        m = gram_metrics(d, method=method, deep=True, details=details,
-                         memory_budget=memory_budget)
+        m = gram_metrics(d, method=method, deep=True, details=details, memory_budget=memory_budget)
     report = {
         "atoms": m.n_atoms,
         "rows": m.n_rows,

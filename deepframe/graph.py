@@ -58,11 +58,31 @@ EDGE_OPS = ("conv", "dense", "identity", "project", "shortcut")
 NODE_KINDS = ("input", "activation")
 MERGES = ("edge", "input")
 _NODE_KEYS = {
-    "kind", "shape", "channels", "features", "bias", "batchnorm", "merge",
-    "op", "kernel_size", "stride", "padding", "input_shape", "label",
+    "kind",
+    "shape",
+    "channels",
+    "features",
+    "bias",
+    "batchnorm",
+    "merge",
+    "op",
+    "kernel_size",
+    "stride",
+    "padding",
+    "input_shape",
+    "label",
 }
-_EDGE_KEYS = {"op", "kernel_size", "stride", "padding", "channels", "features",
-              "in_shape", "out_shape", "label"}
+_EDGE_KEYS = {
+    "op",
+    "kernel_size",
+    "stride",
+    "padding",
+    "channels",
+    "features",
+    "in_shape",
+    "out_shape",
+    "label",
+}
 
 
 class ArchitectureError(ValueError):
@@ -84,8 +104,7 @@ def _int_attr(attrs: dict, key: str, where: str, *, default=None, minimum: int =
         raise ArchitectureError(f"{where}: missing attribute {key!r}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArchitectureError(
-            f"{where}: attribute {key!r} must be an integer, got {value!r} "
-            f"({type(value).__name__})"
+            f"{where}: attribute {key!r} must be an integer, got {value!r} ({type(value).__name__})"
         )
     if value < minimum:
         raise ArchitectureError(f"{where}: attribute {key!r} must be >= {minimum}, got {value}")
@@ -131,8 +150,9 @@ def _size_attr(attrs: dict, where: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------
 # shape inference of one operator
 # --------------------------------------------------------------------------
-def _op_out_shape(op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, int] | None,
-                  where: str) -> tuple[int, ...]:
+def _op_out_shape(
+    op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, int] | None, where: str
+) -> tuple[int, ...]:
     """Output shape of operator ``op`` (attributes ``attrs``) applied to ``src``.
 
     ``size`` is the destination's declared ``("channels", C)`` or
@@ -172,9 +192,7 @@ def _op_out_shape(op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, i
         return (value,)
     # conv, project (1x1) and shortcut act on conv activations
     if len(src) != 3:
-        raise ArchitectureError(
-            f"{where}: op {op!r} needs a (C, H, W) source, got shape {src}"
-        )
+        raise ArchitectureError(f"{where}: op {op!r} needs a (C, H, W) source, got shape {src}")
     if key != "channels":
         raise ArchitectureError(
             f"{where}: op {op!r} produces a conv activation; the destination must declare "
@@ -213,8 +231,9 @@ def _check_bias(attrs: dict, size: int, where: str) -> None:
         )
     for b in values:
         if isinstance(b, bool) or not isinstance(b, numbers.Real):
-            raise ArchitectureError(f"{where}: bias must be a number or a list of numbers, "
-                                    f"got {bias!r}")
+            raise ArchitectureError(
+                f"{where}: bias must be a number or a list of numbers, got {bias!r}"
+            )
         if not math.isfinite(b) or b < 0:
             raise ArchitectureError(
                 f"{where}: bias (lambda) must be finite and >= 0 so the problem stays convex, "
@@ -300,9 +319,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
     reachable = nx.descendants(g, source) | {source}
     unreachable = [n for n in g.nodes if n not in reachable]
     if unreachable:
-        raise ArchitectureError(
-            f"node {unreachable[0]!r} is unreachable from the input {source!r}"
-        )
+        raise ArchitectureError(f"node {unreachable[0]!r} is unreachable from the input {source!r}")
 
     out = g.copy()
     in_attrs = out.nodes[source]
@@ -404,8 +421,10 @@ def output_node(g: nx.DiGraph):
     if "output" in g.graph:
         name = g.graph["output"]
         if name not in g or g.nodes[name].get("kind") == "input":
-            raise ArchitectureError(f"graph attribute 'output' names {name!r}, which is not an "
-                                    "activation node of the graph")
+            raise ArchitectureError(
+                f"graph attribute 'output' names {name!r}, which is not an "
+                "activation node of the graph"
+            )
         return name
     sinks = [n for n in g.nodes if g.out_degree(n) == 0 and g.nodes[n].get("kind") != "input"]
     if len(sinks) != 1:
@@ -425,9 +444,17 @@ def _input_graph(input_shape: Sequence[int]) -> nx.DiGraph:
     return g
 
 
-def chain(input_shape: Sequence[int], widths: Sequence[int], *, kernel_size: int = 3,
-          strides: Sequence[int] | None = None, dense: bool | None = None, bias: float = 0.0,
-          batchnorm: bool = False, merge: str = "edge") -> nx.DiGraph:
+def chain(
+    input_shape: Sequence[int],
+    widths: Sequence[int],
+    *,
+    kernel_size: int = 3,
+    strides: Sequence[int] | None = None,
+    dense: bool | None = None,
+    bias: float = 0.0,
+    batchnorm: bool = False,
+    merge: str = "edge",
+) -> nx.DiGraph:
     """A chain network (plain CNN or MLP) ``x -> l1 -> l2 -> ...`` (Eq. 4, Eq. 12).
 
     Parameters
@@ -457,8 +484,11 @@ def chain(input_shape: Sequence[int], widths: Sequence[int], *, kernel_size: int
     for i, (width, stride) in enumerate(zip(widths, strides), start=1):
         name = f"l{i}"
         size = {"features": int(width)} if dense else {"channels": int(width)}
-        op = {"op": "dense"} if dense else {"op": "conv", "kernel_size": kernel_size,
-                                             "stride": int(stride)}
+        op = (
+            {"op": "dense"}
+            if dense
+            else {"op": "conv", "kernel_size": kernel_size, "stride": int(stride)}
+        )
         if merge == "input":
             g.add_node(name, **size, bias=bias, batchnorm=batchnorm, merge="input", **op)
             g.add_edge(prev, name, op="identity")
@@ -469,9 +499,17 @@ def chain(input_shape: Sequence[int], widths: Sequence[int], *, kernel_size: int
     return validate(g)
 
 
-def resnet(input_shape: Sequence[int] = (3, 32, 32), blocks_per_stage: int = 1, *,
-           widths: Sequence[int] = (16, 32, 64), shortcut: str = "A", kernel_size: int = 3,
-           bias: float = 0.0, batchnorm: bool = False, skips: bool = True) -> nx.DiGraph:
+def resnet(
+    input_shape: Sequence[int] = (3, 32, 32),
+    blocks_per_stage: int = 1,
+    *,
+    widths: Sequence[int] = (16, 32, 64),
+    shortcut: str = "A",
+    kernel_size: int = 3,
+    bias: float = 0.0,
+    batchnorm: bool = False,
+    skips: bool = True,
+) -> nx.DiGraph:
     """CIFAR ResNet of the 6n+2 family (He et al. 2016, §4.2) in edge-centric form.
 
     A 3x3 stem conv to ``widths[0]`` channels, then one stage per width with
@@ -518,9 +556,15 @@ def resnet(input_shape: Sequence[int] = (3, 32, 32), blocks_per_stage: int = 1, 
     return validate(g)
 
 
-def densenet(input_shape: Sequence[int] = (3, 32, 32), layers_per_stage: int = 3, *,
-             widths: Sequence[int] = (16, 32, 64), kernel_size: int = 3, bias: float = 0.0,
-             batchnorm: bool = False) -> nx.DiGraph:
+def densenet(
+    input_shape: Sequence[int] = (3, 32, 32),
+    layers_per_stage: int = 3,
+    *,
+    widths: Sequence[int] = (16, 32, 64),
+    kernel_size: int = 3,
+    bias: float = 0.0,
+    batchnorm: bool = False,
+) -> nx.DiGraph:
     """A DenseNet-style graph: within a stage, every node receives a learned conv from
     every earlier node of that stage (Huang et al. 2017, in summation form).
 
@@ -608,8 +652,9 @@ def from_spec(spec: str) -> nx.DiGraph:
         return load(spec)
     name, _, rest = spec.partition(":")
     if name not in _BUILDERS:
-        raise ValueError(f"unknown architecture {name!r}: expected one of {sorted(_BUILDERS)} "
-                         "or a .json file")
+        raise ValueError(
+            f"unknown architecture {name!r}: expected one of {sorted(_BUILDERS)} or a .json file"
+        )
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")

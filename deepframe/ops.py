@@ -234,8 +234,13 @@ class Conv(Operator):
 
     kind = "conv"
 
-    def __init__(self, weight: torch.Tensor, in_shape: Sequence[int], stride: int = 1,
-                 padding: int | None = None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        in_shape: Sequence[int],
+        stride: int = 1,
+        padding: int | None = None,
+    ):
         c_out, c_in, kh, kw = weight.shape
         if padding is None:
             padding = kh // 2
@@ -245,8 +250,10 @@ class Conv(Operator):
         ho = conv_output_size(h, kh, stride, padding)
         wo = conv_output_size(w, kw, stride, padding)
         if ho < 1 or wo < 1:
-            raise ValueError(f"Conv: {in_shape} with kernel {kh}x{kw}, stride {stride}, "
-                             f"padding {padding} gives an empty map")
+            raise ValueError(
+                f"Conv: {in_shape} with kernel {kh}x{kw}, stride {stride}, "
+                f"padding {padding} gives an empty map"
+            )
         super().__init__((c, h, w), (c_out, ho, wo))
         self.weight = weight
         self.stride = int(stride)
@@ -261,8 +268,13 @@ class Conv(Operator):
         return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
 
     def adjoint(self, y):
-        return F.conv_transpose2d(y, self.weight, stride=self.stride, padding=self.padding,
-                                  output_padding=self.output_padding)
+        return F.conv_transpose2d(
+            y,
+            self.weight,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+        )
 
     def tosparse(self):
         """Sparse matrix of the convolution built from index arithmetic (no probing)."""
@@ -272,17 +284,22 @@ class Conv(Operator):
         c_out, c_in, kh, kw = self.weight.shape
         _, h, w = self.in_shape
         _, ho, wo = self.out_shape
-        o, i, a, b, y, x = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(kh),
-                                       np.arange(kw), np.arange(ho), np.arange(wo),
-                                       indexing="ij")
+        o, i, a, b, y, x = np.meshgrid(
+            np.arange(c_out),
+            np.arange(c_in),
+            np.arange(kh),
+            np.arange(kw),
+            np.arange(ho),
+            np.arange(wo),
+            indexing="ij",
+        )
         src_y = y * self.stride - self.padding + a
         src_x = x * self.stride - self.padding + b
         keep = (src_y >= 0) & (src_y < h) & (src_x >= 0) & (src_x < w)
         rows = ((o * ho + y) * wo + x)[keep]
         cols = ((i * h + src_y) * w + src_x)[keep]
         vals = self.weight.detach().cpu().numpy()[o[keep], i[keep], a[keep], b[keep]]
-        return sp.csr_array(sp.coo_array((vals, (rows, cols)),
-                                         shape=(self.out_size, self.in_size)))
+        return sp.csr_array(sp.coo_array((vals, (rows, cols)), shape=(self.out_size, self.in_size)))
 
 
 class Project(Conv):
@@ -315,8 +332,10 @@ class Dense(Operator):
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int]):
         d_out, d_in = weight.shape
         if math.prod(in_shape) != d_in:
-            raise ValueError(f"Dense: weight expects {d_in} inputs, in_shape {tuple(in_shape)} "
-                             f"has {math.prod(in_shape)}")
+            raise ValueError(
+                f"Dense: weight expects {d_in} inputs, in_shape {tuple(in_shape)} "
+                f"has {math.prod(in_shape)}"
+            )
         super().__init__(in_shape, (d_out,))
         self.weight = weight
 
@@ -408,5 +427,6 @@ class Shortcut(Operator):
         ch, y, x = np.meshgrid(np.arange(c), np.arange(ho), np.arange(wo), indexing="ij")
         rows = (((ch + self.pad_before) * ho + y) * wo + x).ravel()
         cols = ((ch * h + y * self.stride) * w + x * self.stride).ravel()
-        return sp.csr_array(sp.coo_array((np.ones(rows.size), (rows, cols)),
-                                         shape=(self.out_size, self.in_size)))
+        return sp.csr_array(
+            sp.coo_array((np.ones(rows.size), (rows, cols)), shape=(self.out_size, self.in_size))
+        )

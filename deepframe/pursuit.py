@@ -134,9 +134,23 @@ class PursuitNet(nn.Module):
     batch-norm scales (``bn_scale``) and the classifier ``head``.
     """
 
-    def __init__(self, graph: nx.DiGraph, *, method: str, iterations: int, alpha,
-                 beta, learn_lambda: bool, threshold: str, schedule: str, num_classes: int,
-                 mean, std, power_iterations: int, seed: int):
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        *,
+        method: str,
+        iterations: int,
+        alpha,
+        beta,
+        learn_lambda: bool,
+        threshold: str,
+        schedule: str,
+        num_classes: int,
+        mean,
+        std,
+        power_iterations: int,
+        seed: int,
+    ):
         super().__init__()
         self.graph = graph
         self.method = method
@@ -171,7 +185,8 @@ class PursuitNet(nn.Module):
             self.lambda_rho[name] = nn.Parameter(rho, requires_grad=learn_lambda)
             if self._fixed_beta is None:
                 self.beta_rho[name] = nn.Parameter(
-                    torch.tensor(math.log(math.expm1(-math.log(_BETA_INIT)))))
+                    torch.tensor(math.log(math.expm1(-math.log(_BETA_INIT))))
+                )
             if graph.nodes[j].get("batchnorm", False):
                 c = graph.nodes[j]["shape"][0]
                 self.bn_scale[name] = nn.Parameter(torch.ones(c))
@@ -183,8 +198,9 @@ class PursuitNet(nn.Module):
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
             bound = 1.0 / math.sqrt(c_out)
-            self.head.weight.copy_(torch.rand(self.head.weight.shape, generator=gen) * 2 * bound
-                                   - bound)
+            self.head.weight.copy_(
+                torch.rand(self.head.weight.shape, generator=gen) * 2 * bound - bound
+            )
             self.head.bias.zero_()
 
         shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
@@ -196,11 +212,13 @@ class PursuitNet(nn.Module):
         # Structure of the terms (weights-independent): which terms touch which node.
         self._specs = term_specs(graph)
         terms = self.terms()
-        self._synth_terms = {j: [i for i, t in enumerate(terms) if t.synth == j]
-                             for j in self.nodes}
-        self._target_terms = {j: [(i, n) for i, t in enumerate(terms)
-                                  for n, (k, _) in enumerate(t.targets) if k == j]
-                              for j in self.nodes}
+        self._synth_terms = {
+            j: [i for i, t in enumerate(terms) if t.synth == j] for j in self.nodes
+        }
+        self._target_terms = {
+            j: [(i, n) for i, t in enumerate(terms) for n, (k, _) in enumerate(t.targets) if k == j]
+            for j in self.nodes
+        }
         # Persistent power-iteration vectors for every parametrised operator.
         self._power = []  # (term index, target index or None, buffer name)
         for i, t in enumerate(terms):
@@ -254,8 +272,9 @@ class PursuitNet(nn.Module):
         return terms[i].op if n is None else terms[i].targets[n][1]
 
     @torch.no_grad()
-    def refresh_lipschitz(self, *, exact: bool = False, iterations: int | None = None,
-                          tol: float = 1e-7) -> None:
+    def refresh_lipschitz(
+        self, *, exact: bool = False, iterations: int | None = None, tol: float = 1e-7
+    ) -> None:
         """Re-estimate every ``||A||_2^2`` of the solver.
 
         Parameters
@@ -299,10 +318,8 @@ class PursuitNet(nn.Module):
     def _sqnorms(self) -> tuple[dict, dict]:
         """Per node: ``sum_{t: synth j} ||B_t||^2`` and ``sum_{t: j target} ||P_tj||^2``."""
         sq = {(i, n): getattr(self, name + "_sq") for i, n, name in self._power}
-        synth = {j: sum(sq.get((i, None), 1.0) for i in self._synth_terms[j])
-                 for j in self.nodes}
-        target = {j: sum(sq.get((i, n), 1.0) for i, n in self._target_terms[j])
-                  for j in self.nodes}
+        synth = {j: sum(sq.get((i, None), 1.0) for i in self._synth_terms[j]) for j in self.nodes}
+        target = {j: sum(sq.get((i, n), 1.0) for i, n in self._target_terms[j]) for j in self.nodes}
         return synth, target
 
     def lipschitz(self) -> dict:
@@ -328,8 +345,9 @@ class PursuitNet(nn.Module):
         :class:`Trace`.
         """
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input of shape (B, {self.input_shape}), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"expected input of shape (B, {self.input_shape}), got {tuple(x.shape)}"
+            )
         xn = self.normalize(x)
         terms = self.terms()
         if self.training and self.method != "feedforward" and self.iterations > 0:
@@ -343,8 +361,9 @@ class PursuitNet(nn.Module):
         if self.method == "layered" and iterate:
             codes, per_node = self._layered(terms, const, codes, problem, trace)
             if trace:
-                history = [{j: per_node[j][t] for j in self.nodes}
-                           for t in range(self.iterations + 1)]
+                history = [
+                    {j: per_node[j][t] for j in self.nodes} for t in range(self.iterations + 1)
+                ]
         elif self.method == "deep" and iterate:
             codes = self._deep(terms, const, codes, problem, history)
         if not trace:
@@ -389,8 +408,7 @@ class PursuitNet(nn.Module):
             if name in self.bn_scale:
                 gamma = self.bn_scale[name]
                 mean, var = getattr(self, f"bn_mean_{name}"), getattr(self, f"bn_var_{name}")
-                pre = F.batch_norm(a, mean, var, gamma, -lam, self.training, _BN_MOMENTUM,
-                                   _BN_EPS)
+                pre = F.batch_norm(a, mean, var, gamma, -lam, self.training, _BN_MOMENTUM, _BN_EPS)
                 if self.training:
                     dims = [0] + list(range(2, a.dim()))
                     mean, var = a.mean(dims), a.var(dims, unbiased=False)
@@ -449,8 +467,7 @@ class PursuitNet(nn.Module):
         terms = self.terms()
         const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
         synth = [t.op.adjoint(codes[t.synth]) for t in terms]
-        return {j: self._grad(j, terms, const, codes, codes[j], synth, synth)
-                for j in self.nodes}
+        return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
 
     def _layered(self, terms, const, codes, problem, trace):
         """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
@@ -467,8 +484,10 @@ class PursuitNet(nn.Module):
                 w_hat = w + self.alphas[t] * (w - prev)
                 own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
                 grad = self._grad(j, terms, const, codes, w_hat, None, own, synth_only=True)
-                prev, w = w, self._step(w_hat, grad, problem["lambda"][j],
-                                        problem["L_local"][j], betas[j])
+                prev, w = (
+                    w,
+                    self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j]),
+                )
                 if trace:
                     history.append(w)
             codes[j] = w
@@ -498,13 +517,13 @@ class PursuitNet(nn.Module):
                 own = self._synth_terms[j]
                 if alpha:
                     w_hat = w + alpha * (w - prev[j])
-                    hat = {i: source_synth[i] + alpha * (source_synth[i] - synth_prev[i])
-                           for i in own}
+                    hat = {
+                        i: source_synth[i] + alpha * (source_synth[i] - synth_prev[i]) for i in own
+                    }
                 else:
                     w_hat, hat = w, {i: source_synth[i] for i in own}
                 grad = self._grad(j, terms, const, source, w_hat, source_synth, hat)
-                codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j],
-                                      betas[j])
+                codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
                 for i in own:
                     synth_prev[i] = synth[i]
                     synth[i] = terms[i].op.adjoint(codes[j])
@@ -540,21 +559,38 @@ class PursuitNet(nn.Module):
         return Trace(
             objective=torch.stack(objective).detach(),
             term_errors={k: torch.stack(v).detach() for k, v in term_errors.items()},
-            node_errors={j: (torch.stack(node_num[j]) / torch.stack(node_den[j]).clamp_min(
-                1e-30)).detach() for j in self.nodes},
+            node_errors={
+                j: (torch.stack(node_num[j]) / torch.stack(node_den[j]).clamp_min(1e-30)).detach()
+                for j in self.nodes
+            },
         )
 
     def extra_repr(self) -> str:
-        return (f"method={self.method!r}, iterations={self.iterations}, "
-                f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
-                f"nodes={len(self.nodes)}")
+        return (
+            f"method={self.method!r}, iterations={self.iterations}, "
+            f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
+            f"nodes={len(self.nodes)}"
+        )
 
 
-def compile(graph: nx.DiGraph, method: str = "deep", iterations: int = 0, *,
-            alpha: float | str = 0.0, beta: float | str = "learned", learn_lambda: bool = True,
-            threshold: str = "step", schedule: str = "gauss-seidel", num_classes: int = 10,
-            mean=None, std=None, power_iterations: int = 1, seed: int = 0,
-            dtype: torch.dtype = torch.float32, device=None) -> PursuitNet:
+def compile(
+    graph: nx.DiGraph,
+    method: str = "deep",
+    iterations: int = 0,
+    *,
+    alpha: float | str = 0.0,
+    beta: float | str = "learned",
+    learn_lambda: bool = True,
+    threshold: str = "step",
+    schedule: str = "gauss-seidel",
+    num_classes: int = 10,
+    mean=None,
+    std=None,
+    power_iterations: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> PursuitNet:
     """Compile an architecture graph into a pursuit solver + classifier.
 
     Parameters
@@ -596,8 +632,7 @@ def compile(graph: nx.DiGraph, method: str = "deep", iterations: int = 0, *,
     if schedule not in SCHEDULES:
         raise ValueError(f"compile: unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if threshold not in THRESHOLDS:
-        raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of "
-                         f"{THRESHOLDS}")
+        raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of {THRESHOLDS}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"compile: iterations must be an integer >= 0, got {iterations!r}")
     if alpha != "fista" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
@@ -607,10 +642,21 @@ def compile(graph: nx.DiGraph, method: str = "deep", iterations: int = 0, *,
     g = validate(graph)
     if method == "feedforward":
         iterations = 0
-    net = PursuitNet(g, method=method, iterations=iterations, alpha=alpha, beta=beta,
-                     learn_lambda=learn_lambda, threshold=threshold, schedule=schedule,
-                     num_classes=num_classes, mean=mean, std=std,
-                     power_iterations=power_iterations, seed=seed)
+    net = PursuitNet(
+        g,
+        method=method,
+        iterations=iterations,
+        alpha=alpha,
+        beta=beta,
+        learn_lambda=learn_lambda,
+        threshold=threshold,
+        schedule=schedule,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        power_iterations=power_iterations,
+        seed=seed,
+    )
     net = net.to(dtype=dtype, device=device)
     net.refresh_lipschitz(iterations=100)
     return net

@@ -82,7 +82,6 @@ _RESUME_KEYS = (
 # --------------------------------------------------------------------------- checkpoints
 
 
-
 def _check_plain(value: Any, where: str) -> None:
     """Refuse what ``torch.load(weights_only=True)`` could not read back."""
     if value is None or isinstance(value, bool | int | float | str | torch.Tensor):

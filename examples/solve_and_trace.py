@@ -19,11 +19,11 @@ def main() -> None:
     args = parser.parse_args()
 
     graph = df.resnet((3, 16, 16), blocks_per_stage=1, widths=(8, 16, 32), bias=0.02)
-    net = df.compile(graph, method="deep", iterations=args.iterations, beta=1.0,
-                     dtype=torch.float64).eval()
+    net = df.compile(
+        graph, method="deep", iterations=args.iterations, beta=1.0, dtype=torch.float64
+    ).eval()
     net.refresh_lipschitz(iterations=500)  # converged power iteration: a safe step size
-    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0),
-                   dtype=torch.float64)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         _, trace = net.encode(x, trace=True)
 
@@ -43,8 +43,12 @@ def main() -> None:
     ax1.set(xlabel="iteration t (0 = feed-forward)", ylabel="F(w)", title="objective")
     for j in net.nodes:
         ax2.plot(trace.node_errors[j].mean(1).numpy(), marker=".", label=str(j))
-    ax2.set(xlabel="iteration t", ylabel="||r||^2 / ||target||^2", yscale="log",
-            title="reconstruction error per layer")
+    ax2.set(
+        xlabel="iteration t",
+        ylabel="||r||^2 / ||target||^2",
+        yscale="log",
+        title="reconstruction error per layer",
+    )
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)

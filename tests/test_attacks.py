@@ -90,8 +90,9 @@ def pursuit_model(method: str, iterations: int = 0):
 
         info = data.DATASETS["digits"]
         graph = df.chain((1, 8, 8), widths=[32, 64], strides=[1, 2], bias=0.01)
-        return df.compile(graph, method=method, iterations=iterations, mean=info.mean,
-                          std=info.std, seed=0)
+        return df.compile(
+            graph, method=method, iterations=iterations, mean=info.mean, std=info.std, seed=0
+        )
 
     return build
 
@@ -112,8 +113,9 @@ DIGITS_EPS = (0.02, 0.05, 0.1, 0.2)
 
 @pytest.fixture(scope="module", params=sorted(DIGITS_MODELS))
 def digits_model(request) -> nn.Module:
-    return train_digits_model(DIGITS_MODELS[request.param](),
-                              **DIGITS_SETTINGS.get(request.param, {}))
+    return train_digits_model(
+        DIGITS_MODELS[request.param](), **DIGITS_SETTINGS.get(request.param, {})
+    )
 
 
 @pytest.fixture(scope="module")

@@ -28,33 +28,72 @@ def test_describe_reads_node_link_json(tmp_path, capsys):
     assert "merge=input" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("arch, message", [
-    ("missing.json", "no architecture file"),
-    ("wideresnet", "unknown architecture"),
-    ("resnet:blocks_per_stage=0", "blocks_per_stage"),
-    ("chain:input_shape=1x8x8,widths=4,strides=1x2", "1 widths but 2 strides"),
-])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("missing.json", "no architecture file"),
+        ("wideresnet", "unknown architecture"),
+        ("resnet:blocks_per_stage=0", "blocks_per_stage"),
+        ("chain:input_shape=1x8x8,widths=4,strides=1x2", "1 widths but 2 strides"),
+    ],
+)
 def test_bad_architectures_exit_with_a_clear_message(arch, message, capsys):
     assert main(["describe", arch]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_python_dash_m_works():
-    done = subprocess.run([sys.executable, "-m", "deepframe", "describe", "chain"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepframe", "describe", "chain"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "block map" in done.stdout
 
 
 def test_train_then_attack_a_digits_solver(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "chain:widths=8x16,strides=1x2", "--dataset", "digits",
-                 "--method", "deep", "--iterations", "1", "--epochs", "1", "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "chain:widths=8x16,strides=1x2",
+                "--dataset",
+                "digits",
+                "--method",
+                "deep",
+                "--iterations",
+                "1",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["epoch"] == 1 and 0 <= log[0]["val_acc"] <= 1
-    assert main(["attack", str(out / "checkpoint.pt"), "--attack", "pgd", "--steps", "2",
-                 "--eps", "0,8/255", "--limit", "64"]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                str(out / "checkpoint.pt"),
+                "--attack",
+                "pgd",
+                "--steps",
+                "2",
+                "--eps",
+                "0,8/255",
+                "--limit",
+                "64",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "attack_pgd.json").read_text())
     assert result["samples"] == 64
     accs = list(result["accuracy"].values())

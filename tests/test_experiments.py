@@ -57,8 +57,7 @@ def test_reproduce_test_profile_end_to_end_and_resumes(tmp_path):
     assert fig6["T"] == list(PROFILES["test"].iterations)
     fig8 = json.loads((out / "fig8.json").read_text())
     errors = fig8["DP-res"]["node_errors"]
-    assert errors and all(len(e) == max(PROFILES["test"].iterations) + 1
-                          for e in errors.values())
+    assert errors and all(len(e) == max(PROFILES["test"].iterations) + 1 for e in errors.values())
     fig9 = json.loads((out / "fig9.json").read_text())
     if "skipped" not in fig9:
         assert all(v >= 0 for v in fig9["DP-res"]["deep_frame_potential"])
@@ -66,12 +65,12 @@ def test_reproduce_test_profile_end_to_end_and_resumes(tmp_path):
         assert all(0 <= v <= 1 + 1e-9 for v in fig10["DP"]["mutual_coherence"])
     assert result["summary"]["trained_now"] == len(specs)
 
-    mtimes = {s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns
-              for s in specs}
+    mtimes = {s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns for s in specs}
     again = reproduce(out, profile="test", progress=False)
     assert again["summary"]["trained_now"] == 0
-    assert {s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns
-            for s in specs} == mtimes
+    assert {
+        s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns for s in specs
+    } == mtimes
     assert again["figures"]["fig6"] == result["figures"]["fig6"]
 
 
@@ -85,12 +84,34 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
 def test_cli_reproduce_arguments():
     from deepframe.cli import build_parser, reproduce_command
 
-    args = build_parser().parse_args(["reproduce", "--profile", "full", "--dataset", "cifar10",
-                                      "--data-dir", "/data", "--out", "o", "--seed", "3",
-                                      "--quiet"])
+    args = build_parser().parse_args(
+        [
+            "reproduce",
+            "--profile",
+            "full",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            "/data",
+            "--out",
+            "o",
+            "--seed",
+            "3",
+            "--quiet",
+        ]
+    )
     assert args.func is reproduce_command
     assert (args.profile, args.dataset, args.data_dir, args.out, args.seed, args.quiet) == (
-        "full", "cifar10", "/data", "o", 3, True)
+        "full",
+        "cifar10",
+        "/data",
+        "o",
+        3,
+        True,
+    )
     defaults = build_parser().parse_args(["reproduce"])
     assert (defaults.profile, defaults.dataset, defaults.out) == (
-        "quick", "digits", "runs/reproduce")
+        "quick",
+        "digits",
+        "runs/reproduce",
+    )

@@ -95,12 +95,21 @@ def plain_densenet(net, x, bn):
 
 
 CASES = {
-    "chain": (lambda bn: df.chain((3, 9, 9), [4, 5, 6], strides=[1, 2, 1], bias=0.05,
-                                  batchnorm=bn), plain_chain, "l3"),
-    "resnet": (lambda bn: df.resnet((3, 8, 8), 1, widths=(4, 8, 8), bias=0.05, batchnorm=bn),
-               plain_resnet, "s3b1b"),
-    "densenet": (lambda bn: df.densenet((3, 8, 8), 3, widths=(3, 4), bias=0.05, batchnorm=bn),
-                 plain_densenet, "d2l3"),
+    "chain": (
+        lambda bn: df.chain((3, 9, 9), [4, 5, 6], strides=[1, 2, 1], bias=0.05, batchnorm=bn),
+        plain_chain,
+        "l3",
+    ),
+    "resnet": (
+        lambda bn: df.resnet((3, 8, 8), 1, widths=(4, 8, 8), bias=0.05, batchnorm=bn),
+        plain_resnet,
+        "s3b1b",
+    ),
+    "densenet": (
+        lambda bn: df.densenet((3, 8, 8), 3, widths=(3, 4), bias=0.05, batchnorm=bn),
+        plain_densenet,
+        "d2l3",
+    ),
 }
 
 
@@ -173,8 +182,10 @@ def _check_gradient(graph):
     D = net.dictionary()
     x = _x(net.input_shape, batch=2)
     g = torch.Generator().manual_seed(3)
-    codes = {j: torch.rand((2, *D.node_shapes[j]), generator=g, dtype=f64).requires_grad_()
-             for j in D.nodes}
+    codes = {
+        j: torch.rand((2, *D.node_shapes[j]), generator=g, dtype=f64).requires_grad_()
+        for j in D.nodes
+    }
     smooth = sum(0.5 * r.pow(2).sum() for r in D.residuals(net.normalize(x), codes))
     auto = torch.autograd.grad(smooth, [codes[j] for j in D.nodes])
     ours = net.gradient(x, {j: c.detach() for j, c in codes.items()})
@@ -194,8 +205,9 @@ def _dense_problem(net, x):
     D = net.dictionary()
     A = D.todense().numpy()
     y = D.target(net.normalize(x)).numpy()[0]
-    lam = np.concatenate([np.repeat(D.lambdas[j].numpy(), int(np.prod(D.node_shapes[j][1:])))
-                          for j in D.nodes])
+    lam = np.concatenate(
+        [np.repeat(D.lambdas[j].numpy(), int(np.prod(D.node_shapes[j][1:]))) for j in D.nodes]
+    )
     return D, A, y, lam
 
 
@@ -204,9 +216,14 @@ def _lbfgsb(A, y, lam):
         r = y - A @ w
         return 0.5 * r @ r + lam @ w, -A.T @ r + lam
 
-    res = minimize(fun, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B",
-                   bounds=[(0, None)] * A.shape[1],
-                   options={"maxiter": 50000, "ftol": 1e-16, "gtol": 1e-12})
+    res = minimize(
+        fun,
+        np.zeros(A.shape[1]),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * A.shape[1],
+        options={"maxiter": 50000, "ftol": 1e-16, "gtol": 1e-12},
+    )
     return res.x, res.fun
 
 
@@ -252,8 +269,9 @@ def test_deep_pursuit_matches_sklearn_lasso_single_lambda():
         codes = net.encode(x)
     D, A, y, lam = _dense_problem(net, x)
     n = A.shape[0]
-    lasso = Lasso(alpha=float(lam[0]) / n, positive=True, fit_intercept=False, tol=1e-14,
-                  max_iter=200000).fit(A, y)
+    lasso = Lasso(
+        alpha=float(lam[0]) / n, positive=True, fit_intercept=False, tol=1e-14, max_iter=200000
+    ).fit(A, y)
 
     def F_(w):
         r = y - A @ w
@@ -299,12 +317,18 @@ def test_layered_pursuit_solves_each_local_problem():
         # The node's own terms: the edges into j, predecessors' codes fixed.
         terms = [t for t in D.terms if t.synth == j]
         B = np.vstack([t.op.todense().numpy().T for t in terms])
-        target = np.concatenate([
-            sum(p.forward(full[k]) for k, p in t.targets + [(D.input, q) for q in t.inputs])
-            .flatten().numpy() for t in terms])
+        target = np.concatenate(
+            [
+                sum(p.forward(full[k]) for k, p in t.targets + [(D.input, q) for q in t.inputs])
+                .flatten()
+                .numpy()
+                for t in terms
+            ]
+        )
         lam = float(D.lambdas[j][0])
-        lasso = Lasso(alpha=lam / B.shape[0], positive=True, fit_intercept=False, tol=1e-14,
-                      max_iter=200000).fit(B, target)
+        lasso = Lasso(
+            alpha=lam / B.shape[0], positive=True, fit_intercept=False, tol=1e-14, max_iter=200000
+        ).fit(B, target)
         w = codes[j].flatten().numpy()
 
         def local(v, B=B, target=target, lam=lam):
@@ -363,10 +387,18 @@ def test_dictionary_of_compiled_net_matches_seeded_dictionary():
         torch.testing.assert_close(D1.weights[key].double(), w, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("bad", [
-    {"method": "magic"}, {"schedule": "random"}, {"threshold": "hard"},
-    {"iterations": -1}, {"alpha": 1.0}, {"beta": 0.0}, {"beta": 1.5},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": "magic"},
+        {"schedule": "random"},
+        {"threshold": "hard"},
+        {"iterations": -1},
+        {"alpha": 1.0},
+        {"beta": 0.0},
+        {"beta": 1.5},
+    ],
+)
 def test_bad_options_are_clear_errors(bad):
     with pytest.raises(ValueError, match="compile"):
         df.compile(GRAPHS["chain"](), **bad)
