@@ -74,10 +74,10 @@ def metrics(args) -> int:
 
         g.nodes[input_node(g)]["shape"] = tuple(int(s) for s in args.input_shape.split("x"))
         g = validate(g)
-    if args.checkpoint:
+    if args.checkpoint:  # the trained weights (and stored architecture), in float64
         from .train import load_model
 
-        D = load_model(args.checkpoint).dictionary()
+        D = load_model(args.checkpoint).dictionary().to(torch.float64)
     else:
         from .dictionary import dictionary
 
@@ -239,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="Welch bounds, coherence, frame potentials of D")
     _add_arch(p)
     p.add_argument("--input-shape", help="override the input shape, e.g. 3x32x32")
-    p.add_argument("--checkpoint", help="measure a trained model's dictionary")
+    p.add_argument(
+        "--checkpoint", help="measure a trained model's dictionary (its stored architecture)"
+    )
     p.add_argument("--method", default="structured", choices=["structured", "dense"])
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -337,6 +337,16 @@ class GlobalDictionary:
         self.col_offsets = _offsets(self.col_sizes)
         self.row_offsets = _offsets(self.row_sizes)
 
+    def to(self, dtype: torch.dtype | None = None, device=None) -> GlobalDictionary:
+        """A copy with weights and lambdas converted (e.g. to float64 for exact metrics)."""
+        return GlobalDictionary(
+            self.graph,
+            {k: w.to(dtype=dtype, device=device) for k, w in self.weights.items()},
+            {j: lam.to(dtype=dtype, device=device) for j, lam in self.lambdas.items()},
+            dtype=dtype if dtype is not None else self.dtype,
+            device=device if device is not None else self.device,
+        )
+
     # -- structure ----------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:

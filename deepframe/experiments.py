@@ -320,15 +320,9 @@ def _config_hash(config: dict) -> str:
 
 def _geometry(model) -> dict:
     """Coherence and (deep) frame potential of the model's dictionary in float64."""
-    from .dictionary import GlobalDictionary
     from .geometry import gram_metrics
 
-    D = model.dictionary()
-    D = GlobalDictionary(
-        D.graph,
-        {k: w.to(torch.float64) for k, w in D.weights.items()},
-        {j: lam.to(torch.float64) for j, lam in D.lambdas.items()},
-    )
+    D = model.dictionary().to(torch.float64)
     metrics = gram_metrics(D)  # one pass: coherence, FP and DFP together
     return {
         "available": True,

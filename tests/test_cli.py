@@ -99,3 +99,49 @@ def test_train_then_attack_a_digits_solver(tmp_path, capsys):
     accs = list(result["accuracy"].values())
     assert accs[0] == pytest.approx(result["clean"])  # eps = 0 is the clean accuracy
     assert accs[1] <= accs[0]
+
+
+def test_metrics_json_matches_the_library_and_reads_checkpoints(tmp_path, capsys):
+    import torch
+
+    import deepframe as df
+
+    spec = "chain:input_shape=1x8x8,widths=4x6"
+    assert main(["metrics", spec, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    D = df.dictionary(df.chain((1, 8, 8), [4, 6]), seed=0)
+    assert report["atoms"] == D.shape[1] and report["rows"] == D.shape[0]
+    assert report["coherence"] == pytest.approx(df.mutual_coherence(D), rel=1e-12)
+    # --input-shape re-infers every shape
+    assert main(["metrics", spec, "--input-shape", "1x6x6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["atoms"] == (4 + 6) * 36
+    # --checkpoint measures the trained weights, not fresh random ones
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                spec,
+                "--dataset",
+                "digits",
+                "--method",
+                "feedforward",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["metrics", spec, "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    net = df.load_model(out / "checkpoint.pt")
+    D = net.dictionary()
+    D64 = df.GlobalDictionary(D.graph, {k: w.double() for k, w in D.weights.items()})
+    assert D.to(torch.float64).dtype == torch.float64
+    assert trained["coherence"] == pytest.approx(df.mutual_coherence(D64), rel=1e-9)
+    assert trained["coherence"] != pytest.approx(report["coherence"], rel=1e-6)
+    assert torch.isfinite(torch.tensor(trained["frame_potential"]))
