@@ -352,8 +352,7 @@ class PursuitNet(nn.Module):
         terms = self.terms()
         if self.training and self.method != "feedforward" and self.iterations > 0:
             self._power_step(terms)
-        # Target contributions of the input, constant over the iterations.
-        const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
+        const = self._constants(terms, xn)
 
         codes, problem = self._feedforward(terms, const)
         history = [dict(codes)] if trace else None
@@ -370,13 +369,18 @@ class PursuitNet(nn.Module):
             return codes
         return codes, self._trace(terms, const, problem["lambda"], history)
 
-    def _target(self, term: Term, const, codes) -> torch.Tensor | None:
-        """``sum_k P_tk w_k + P x``: what term ``t`` reconstructs."""
+    def _target(self, term: Term, const, codes, node=None, code=None) -> torch.Tensor | None:
+        """``sum_k P_tk w_k + P x``: what term ``t`` reconstructs (``w_node = code`` if given)."""
         out = const
         for k, p in term.targets:
-            v = p.forward(codes[k])
+            v = p.forward(code if k == node else codes[k])
             out = v if out is None else out + v
         return out
+
+    @staticmethod
+    def _constants(terms, xn) -> list:
+        """The input's contribution to every term's target, constant over the iterations."""
+        return [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
 
     def _preactivation(self, j, terms, const, codes) -> torch.Tensor:
         """``a_j = sum_{t: synth j} A_t (target_t)`` from the current codes."""
@@ -451,9 +455,7 @@ class PursuitNet(nn.Module):
         if not synth_only:
             for i, n in self._target_terms[j]:
                 t = terms[i]
-                local = dict(codes)
-                local[j] = w_hat
-                r = self._target(t, const[i], local) - synth[i]
+                r = self._target(t, const[i], codes, j, w_hat) - synth[i]
                 v = t.targets[n][1].adjoint(r)
                 grad = v if grad is None else grad + v
         return grad
@@ -465,7 +467,7 @@ class PursuitNet(nn.Module):
         """
         xn = self.normalize(x)
         terms = self.terms()
-        const = [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
+        const = self._constants(terms, xn)
         synth = [t.op.adjoint(codes[t.synth]) for t in terms]
         return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
 

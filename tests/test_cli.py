@@ -53,28 +53,15 @@ def test_python_dash_m_works():
     assert "block map" in done.stdout
 
 
+def _train_digits(arch, out, method, *extra):
+    """``deepframe train`` for one quiet epoch on digits."""
+    args = ["train", arch, "--dataset", "digits", "--method", method, "--epochs", "1"]
+    return main([*args, *extra, "--quiet", "--out", str(out)])
+
+
 def test_train_then_attack_a_digits_solver(tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "chain:widths=8x16,strides=1x2",
-                "--dataset",
-                "digits",
-                "--method",
-                "deep",
-                "--iterations",
-                "1",
-                "--epochs",
-                "1",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _train_digits("chain:widths=8x16,strides=1x2", out, "deep", "--iterations", "1") == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["epoch"] == 1 and 0 <= log[0]["val_acc"] <= 1
     assert (
@@ -117,24 +104,7 @@ def test_metrics_json_matches_the_library_and_reads_checkpoints(tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["atoms"] == (4 + 6) * 36
     # --checkpoint measures the trained weights, not fresh random ones
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                spec,
-                "--dataset",
-                "digits",
-                "--method",
-                "feedforward",
-                "--epochs",
-                "1",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _train_digits(spec, out, "feedforward") == 0
     capsys.readouterr()
     assert main(["metrics", spec, "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
