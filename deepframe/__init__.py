@@ -23,6 +23,7 @@ from .geometry import (
     welch_bound,
 )
 from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
+from .interop import from_torch
 from .pursuit import PursuitNet, Trace, compile
 from .train import load_model, train
 
@@ -53,6 +54,7 @@ __all__ = [
     "compile",
     "densenet",
     "dictionary",
+    "from_torch",
     "load",
     "resnet",
     "save",

@@ -716,7 +716,8 @@ def compile(
     if imported is not None:
         edges, lambdas, nodes, _, head = imported
         _load_weights(net, edges, lambdas, nodes, head)
-    net.refresh_lipschitz(iterations=100)
+    if iterations > 0:  # the step sizes 1 / L_j; a solver that never iterates has none
+        net.refresh_lipschitz(iterations=100)
     return net
 
 
