@@ -21,12 +21,33 @@ def _graph(spec: str):
     return from_spec(spec)
 
 
+def _torch_model(args):
+    """``--from-torch module:factory --weights FILE --input-shape C,H,W``: the user's
+    trained PyTorch model as ``(graph, weights)`` (see :mod:`deepframe.interop`)."""
+    from .interop import from_torch_args
+
+    return from_torch_args(args.arch, args.from_torch, args.weights, args.input_shape)
+
+
+def _add_from_torch(p, input_shape: bool) -> None:
+    p.add_argument(
+        "--from-torch",
+        metavar="MODULE:FACTORY",
+        help="a PyTorch model instead of an architecture: module or file.py, and the "
+        "function that builds it",
+    )
+    p.add_argument("--weights", help="its trained weights (a state_dict file; with --from-torch)")
+    if input_shape:
+        p.add_argument("--input-shape", help="with --from-torch: the input shape, e.g. 3,32,32")
+
+
 def describe(args) -> int:
     """Print nodes, shapes, edges, D's size and its block map."""
     from .dictionary import GlobalDictionary, parameter_shapes, random_weights
     from .graph import activation_nodes, input_node, output_node
 
-    g = _graph(args.arch)
+    use_torch = args.from_torch or args.weights or not args.arch
+    g = _torch_model(args)[0] if use_torch else _graph(args.arch)
     src = input_node(g)
     print(f"input   {src}: shape {tuple(g.nodes[src]['shape'])}")
     print("nodes (column order):")
@@ -68,13 +89,19 @@ def metrics(args) -> int:
 
     from .geometry import metrics_report
 
-    g = _graph(args.arch)
-    if args.input_shape:
+    use_torch = args.from_torch or args.weights or not args.arch
+    g = None if use_torch else _graph(args.arch)
+    if args.input_shape and not use_torch:
         from .graph import input_node, validate
 
         g.nodes[input_node(g)]["shape"] = tuple(int(s) for s in args.input_shape.split("x"))
         g = validate(g)
-    if args.checkpoint:  # the trained weights (and stored architecture), in float64
+    if use_torch:  # a user's own trained PyTorch model, its weights in float64
+        from .dictionary import dictionary
+
+        g, weights = _torch_model(args)
+        D = dictionary(g, weights=weights)
+    elif args.checkpoint:  # the trained weights (and stored architecture), in float64
         from .train import load_model
 
         D = load_model(args.checkpoint).dictionary().to(torch.float64)
@@ -221,8 +248,12 @@ def reproduce_command(args) -> int:
     return 0
 
 
-def _add_arch(p):
-    p.add_argument("arch", help="builder spec (e.g. resnet:blocks_per_stage=1) or a .json file")
+def _add_arch(p, required: bool = True):
+    p.add_argument(
+        "arch",
+        nargs=None if required else "?",
+        help="builder spec (e.g. resnet:blocks_per_stage=1) or a .json file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,12 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("describe", help="nodes, shapes, edges and the block map of D")
-    _add_arch(p)
+    _add_arch(p, required=False)
+    _add_from_torch(p, input_shape=True)
     p.set_defaults(func=describe)
 
     p = sub.add_parser("metrics", help="Welch bounds, coherence, frame potentials of D")
-    _add_arch(p)
-    p.add_argument("--input-shape", help="override the input shape, e.g. 3x32x32")
+    _add_arch(p, required=False)
+    _add_from_torch(p, input_shape=False)
+    p.add_argument(
+        "--input-shape", help="override the input shape, e.g. 3x32x32 (with --from-torch: 3,32,32)"
+    )
     p.add_argument(
         "--checkpoint", help="measure a trained model's dictionary (its stored architecture)"
     )

@@ -5,6 +5,7 @@ matrix assembled by hand from its weights; the models are plain PyTorch,
 written the way CIFAR code writes them.
 """
 
+import json
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 
 import deepframe as df
 from deepframe.dictionary import edge_key
+from deepframe.interop import load_state_dict
 
 
 # --------------------------------------------------------------------------
@@ -610,3 +612,287 @@ def test_unsupported_ops_are_clear_errors(name):
     assert message.startswith("from_torch: ")
     for text in expected:
         assert text in message, (text, message)
+
+
+# --------------------------------------------------------------------------
+# weights files as training scripts write them
+# --------------------------------------------------------------------------
+def small_resnet(num_classes=10):
+    return ResNet(1, "B", widths=(4, 8, 8), num_classes=num_classes)
+
+
+def test_weights_files_as_they_come(tmp_path):
+    torch.manual_seed(0)
+    trained = randomise(small_resnet(), seed=7)
+    sd = trained.state_dict()
+    x = images((3, 8, 8), batch=3)
+    ref = reference_logits(trained, x)
+    layouts = {
+        "plain": sd,
+        "state_dict wrapper, DataParallel prefix": {
+            "state_dict": {f"module.{k}": v for k, v in sd.items()},
+            "epoch": 90,
+            "best_acc1": 91.25,
+        },
+        "model wrapper": {"model": sd, "optimizer": {"state": {}, "param_groups": []}},
+        "model wrapper, DataParallel prefix": {"model": {f"module.{k}": v for k, v in sd.items()}},
+    }
+    for i, (name, obj) in enumerate(layouts.items()):
+        path = tmp_path / f"{i}.pth"
+        torch.save(obj, path)
+        loaded = load_state_dict(path)
+        assert loaded.keys() == sd.keys(), name
+        assert all(torch.equal(loaded[k], sd[k]) for k in sd), name
+        untrained = small_resnet()
+        g, weights = df.from_torch(untrained, x[:2], state_dict=path)
+        net = df.compile(g, method="feedforward", weights=weights, dtype=torch.float64).eval()
+        with torch.no_grad():
+            assert torch.allclose(net(x.double()), ref, rtol=0, atol=1e-10), name
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state_dict(tmp_path / "nope.pt")
+    whole = tmp_path / "whole_model.pt"
+    torch.save(nn.Linear(2, 2), whole)  # a pickled module: refused by weights_only=True
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_state_dict(whole)
+    other = tmp_path / "other.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, other)
+    with pytest.raises(ValueError, match="state_dict"):
+        load_state_dict(other)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match="missing .*unexpected"):
+        df.from_torch(small_resnet(), images((3, 8, 8), 2), state_dict=wrong)
+
+
+# --------------------------------------------------------------------------
+# positive biases (lambda < 0): feed-forward and geometry, pursuit only on request
+# --------------------------------------------------------------------------
+def test_negative_lambda_policy():
+    torch.manual_seed(0)
+    model = randomise(small_resnet(), seed=8, spread=3.0)
+    x = images((3, 8, 8), batch=3)
+    g, weights = df.from_torch(model, x[:2])
+    lambdas = {j: weights[f"lambda:{j}"] for j in df.graph.activation_nodes(g)}
+    assert any((lam < 0).any() for lam in lambdas.values())
+
+    # the feed-forward network and the geometry are well defined
+    D = df.dictionary(g, weights=weights)
+    assert all(torch.equal(D.lambdas[j], lam) for j, lam in lambdas.items())
+    assert 0 < df.mutual_coherence(D) <= 1
+    ref = reference_logits(model, x)
+    for method, t in (("feedforward", 0), ("deep", 0), ("layered", 0)):
+        net = df.compile(g, method=method, iterations=t, weights=weights, dtype=torch.float64)
+        with torch.no_grad():
+            assert torch.allclose(net.eval()(x.double()), ref, rtol=0, atol=1e-10)
+
+    # a pursuit refuses them, naming the nodes and the way out
+    for method in ("layered", "deep"):
+        with pytest.raises(ValueError, match="negative_bias='clip'") as info:
+            df.compile(g, method=method, iterations=2, weights=weights)
+        assert "lambda < 0" in str(info.value)
+
+    # ... unless asked to project lambda onto [0, inf)
+    net = df.compile(
+        g, method="deep", iterations=2, weights=weights, negative_bias="clip", dtype=torch.float64
+    )
+    for j, lam in net.lambdas().items():
+        expected = lambdas[j].clamp_min(1e-4)  # softplus keeps lambda >= 1e-4
+        torch.testing.assert_close(lam.detach(), expected, rtol=1e-12, atol=1e-15)
+    for key, w in net.weight_dict().items():
+        assert torch.equal(w.detach(), weights[key])
+    assert torch.equal(net.head.weight.detach(), weights["head.weight"])
+    with pytest.raises(ValueError, match="negative_bias"):
+        df.compile(g, weights=weights, negative_bias="shift")
+
+
+def test_compile_weights_are_checked():
+    g, weights = df.from_torch(small_resnet(num_classes=3).eval(), images((3, 8, 8), 2))
+    assert df.compile(g, weights=weights).head.out_features == 3
+    with pytest.raises(ValueError, match="num_classes=10 .* 3 rows"):
+        df.compile(g, weights=weights, num_classes=10)
+    key = next(k for k in weights if "->" in k)
+    broken = {k: v for k, v in weights.items() if k != key}
+    with pytest.raises(ValueError, match="missing edge weights"):
+        df.compile(g, weights=broken)
+    with pytest.raises(ValueError, match="has shape"):
+        df.compile(g, weights={**weights, key: weights[key][:1]})
+    with pytest.raises(ValueError, match="unknown key 'lamda:"):
+        df.compile(g, weights={**weights, "lamda:x": torch.zeros(1)})
+    with pytest.raises(ValueError, match="no batchnorm=True"):
+        j = df.graph.output_node(g)
+        df.dictionary(g, weights={**weights, f"bn_mean:{j}": torch.zeros(8)})
+
+
+def test_batchnorm_node_mode_trains_with_batch_statistics():
+    """batchnorm='node': the solver's own batch norm, with the imported running statistics."""
+    torch.manual_seed(0)
+    model = randomise(small_resnet(), seed=9)
+    x = images((3, 8, 8), batch=4)
+    g, weights = df.from_torch(model, x[:2], batchnorm="node")
+    net = df.compile(g, method="feedforward", weights=weights, dtype=torch.float64)
+    bn_nodes = [j for j in g if g.nodes[j].get("batchnorm")]
+    assert len(bn_nodes) == 4  # stem + one per block; those before an addition are folded
+    for j in bn_nodes:
+        name = net._names[j]
+        assert torch.equal(getattr(net, f"bn_mean_{name}"), weights[f"bn_mean:{j}"])
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x.double()), reference_logits(model, x), atol=1e-10)
+        net.train()(x.double())  # training mode: batch statistics, running ones move
+    assert not torch.equal(
+        getattr(net, f"bn_mean_{net._names[bn_nodes[0]]}"), weights[f"bn_mean:{bn_nodes[0]}"]
+    )
+
+
+# --------------------------------------------------------------------------
+# fine-tuning a deep-pursuit solver initialised from imported weights
+# --------------------------------------------------------------------------
+def test_fine_tune_deep_pursuit_from_imported_weights():
+    torch.manual_seed(0)
+    model = randomise(small_resnet(num_classes=3), seed=10)
+    g, weights = df.from_torch(model, images((3, 8, 8), 2))
+    net = df.compile(g, method="deep", iterations=2, weights=weights, negative_bias="clip")
+    for key, w in net.weight_dict().items():  # starts from the imported network
+        assert torch.equal(w.detach(), weights[key].float())
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.rand((32, 3, 8, 8), generator=gen), torch.randint(0, 3, (32,), generator=gen)
+    )
+    history = df.train(
+        net,
+        data,
+        None,
+        epochs=3,
+        batch_size=16,
+        optimizer="adam",
+        lr=1e-2,
+        weight_decay=0.0,
+        schedule=None,
+        progress=False,
+    )
+    losses = [r["train_loss"] for r in history]
+    assert losses[-1] < losses[0], losses
+    assert all(math.isfinite(v) for v in losses)
+    moved = [
+        k for k, w in net.weight_dict().items() if not torch.equal(w.detach(), weights[k].float())
+    ]
+    assert moved  # the imported weights were fine-tuned
+    assert min(float(lam.detach().min()) for lam in net.lambdas().values()) >= 0
+
+
+# --------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------
+USER_MODELS = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.conv2(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def small():
+    return Small()
+"""
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """A user's model file and a DataParallel checkpoint of its trained weights."""
+    from deepframe.interop import load_torch_model
+
+    (tmp_path / "usermodels.py").write_text(USER_MODELS)
+    model = randomise(load_torch_model(f"{tmp_path / 'usermodels.py'}:small"), seed=11)
+    path = tmp_path / "trained.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "usermodels", raising=False)
+    return model, path
+
+
+def test_cli_metrics_from_torch(user_model, capsys):
+    from deepframe.cli import main
+
+    model, path = user_model
+    argv = ["metrics", "--from-torch", "usermodels.py:small", "--weights", str(path)]
+    assert main([*argv, "--input-shape", "3,8,8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    g, weights = df.from_torch(model, images((3, 8, 8), 2))
+    D = df.dictionary(g, weights=weights)
+    assert report["atoms"] == D.shape[1]
+    assert report["coherence"] == pytest.approx(float(df.mutual_coherence(D)), rel=1e-12)
+    assert report["deep_frame_potential"] == pytest.approx(
+        float(df.deep_frame_potential(D)), rel=1e-12
+    )
+    # the dotted module spelling, from the current folder
+    assert (
+        main(
+            [
+                "metrics",
+                "--from-torch",
+                "usermodels:small",
+                "--weights",
+                str(path),
+                "--input-shape",
+                "3x8x8",
+            ]
+        )
+        == 0
+    )
+    assert "coherence" in capsys.readouterr().out
+
+
+def test_cli_describe_from_torch(user_model, capsys):
+    from deepframe.cli import main
+
+    _, path = user_model
+    argv = ["describe", "--from-torch", "usermodels:small", "--weights", str(path)]
+    assert main([*argv, "--input-shape", "3,8,8"]) == 0
+    out = capsys.readouterr().out
+    assert "input   x: shape (3, 8, 8)" in out
+    assert "global dictionary D" in out and "conv" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["metrics"], "give an architecture"),
+        (["metrics", "--from-torch", "usermodels:small"], "--input-shape"),
+        (["metrics", "resnet", "--from-torch", "usermodels:small"], "not both"),
+        (["describe", "--weights", "trained.pth"], "--weights needs --from-torch"),
+        (["metrics", "--from-torch", "usermodels", "--input-shape", "3,8,8"], "module:factory"),
+        (["metrics", "--from-torch", "nosuchmodule:f", "--input-shape", "3,8,8"], "nosuchmodule"),
+        (["metrics", "--from-torch", "usermodels:big", "--input-shape", "3,8,8"], "'big'"),
+        (["metrics", "--from-torch", "usermodels:small", "--input-shape", "3,8"], "C,H,W"),
+        (
+            [
+                "metrics",
+                "--from-torch",
+                "usermodels:small",
+                "--weights",
+                "nope.pt",
+                "--input-shape",
+                "3,8,8",
+            ],
+            "nope.pt",
+        ),
+    ],
+)
+def test_cli_from_torch_errors(user_model, capsys, argv, message):
+    from deepframe.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
