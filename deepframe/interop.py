@@ -239,7 +239,7 @@ class _Import:
             attrs["label"] = list(stack.values())[-1][0]
         self.graph.add_node(name, **attrs)
         for term in v.terms:
-            edge, weight = _edge(term, v.shape)
+            edge, weight = _edge(term)
             if term.origin:
                 edge["label"] = term.origin
             self.graph.add_edge(term.src, name, **edge)
@@ -461,7 +461,7 @@ def _conv_weight(t: _Term, size: int) -> torch.Tensor:
     return F.pad(t.weight, (d, d, d, d))
 
 
-def _edge(t: _Term, out_shape: tuple) -> tuple[dict, torch.Tensor | None]:
+def _edge(t: _Term) -> tuple[dict, torch.Tensor | None]:
     """Edge attributes and weight of a term (SPEC §2 ops)."""
     if t.op == "conv":
         k = t.weight.shape[-1]

@@ -17,6 +17,7 @@ from torch import nn
 import deepframe as df
 from deepframe.dictionary import edge_key
 from deepframe.interop import load_state_dict
+from deepframe.train import model_metadata
 
 
 # --------------------------------------------------------------------------
@@ -749,7 +750,7 @@ def test_batchnorm_node_mode_trains_with_batch_statistics():
 # --------------------------------------------------------------------------
 # fine-tuning a deep-pursuit solver initialised from imported weights
 # --------------------------------------------------------------------------
-def test_fine_tune_deep_pursuit_from_imported_weights():
+def test_fine_tune_deep_pursuit_from_imported_weights(tmp_path):
     torch.manual_seed(0)
     model = randomise(small_resnet(num_classes=3), seed=10)
     g, weights = df.from_torch(model, images((3, 8, 8), 2))
@@ -760,6 +761,7 @@ def test_fine_tune_deep_pursuit_from_imported_weights():
     data = torch.utils.data.TensorDataset(
         torch.rand((32, 3, 8, 8), generator=gen), torch.randint(0, 3, (32,), generator=gen)
     )
+    options = {"method": "deep", "iterations": 2, "negative_bias": "clip", "num_classes": 3}
     history = df.train(
         net,
         data,
@@ -771,6 +773,8 @@ def test_fine_tune_deep_pursuit_from_imported_weights():
         weight_decay=0.0,
         schedule=None,
         progress=False,
+        checkpoint_dir=tmp_path,
+        metadata=model_metadata(g, **options),
     )
     losses = [r["train_loss"] for r in history]
     assert losses[-1] < losses[0], losses
@@ -780,6 +784,11 @@ def test_fine_tune_deep_pursuit_from_imported_weights():
     ]
     assert moved  # the imported weights were fine-tuned
     assert min(float(lam.detach().min()) for lam in net.lambdas().values()) >= 0
+    # the checkpoint rebuilds like any other deepframe model
+    again = df.load_model(tmp_path / "checkpoint.pt")
+    x = data.tensors[0][:4]
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net.eval()(x))
 
 
 # --------------------------------------------------------------------------
