@@ -690,8 +690,7 @@ def compile(
         classes = imported[3]
         if classes is not None and num_classes is not None and num_classes != classes:
             raise ValueError(
-                f"compile: num_classes={num_classes} but weights['head.weight'] has "
-                f"{classes} rows"
+                f"compile: num_classes={num_classes} but weights['head.weight'] has {classes} rows"
             )
         num_classes = classes if num_classes is None else num_classes
     if num_classes is None:

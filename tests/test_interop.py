@@ -363,6 +363,29 @@ class PreActivationConcatNet(nn.Module):
         return self.fc(out.mean((2, 3)))
 
 
+class CatLinearNet(nn.Module):
+    """torch.cat feeding Linear layers: pooled maps of two nodes, then two dense nodes;
+    reshape(x.shape[0], -1) before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 5, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(9, 6)
+        self.fc2 = nn.Linear(6, 5)
+        self.fc3 = nn.Linear(11, 7)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x):
+        a = F.relu(self.a(x))
+        b = F.relu(self.b(a))
+        v = torch.cat([F.adaptive_avg_pool2d(a, 1).flatten(1), b.mean((2, 3))], 1)
+        h1 = F.relu(self.fc1(v))
+        h2 = F.relu(self.fc2(h1))
+        h3 = F.relu(self.fc3(torch.cat([h1, h2], dim=-1)))
+        return self.head(h3.reshape(h3.shape[0], -1))
+
+
 SPELLINGS = {
     "conv bias, inplace nn.ReLU, AdaptiveAvgPool2d": (ConvBiasNet, (3, 8, 8)),
     "F.conv2d, F.linear, torch.relu, mean": (FunctionalNet, (3, 7, 7)),
@@ -372,6 +395,7 @@ SPELLINGS = {
     "option A, zero channels in front": (lambda: UnevenShortcutNet(True), (3, 8, 8)),
     "MLP with BatchNorm1d": (MLP, (3, 4, 4)),
     "parallel maps between two nodes": (ParallelMapsNet, (3, 6, 6)),
+    "torch.cat feeding Linear layers, reshape": (CatLinearNet, (3, 6, 6)),
     "pre-activation concatenation, sum, same": (PreActivationConcatNet, (3, 6, 6)),
 }
 
