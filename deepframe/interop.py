@@ -1305,22 +1305,30 @@ def load_torch_model(spec: str, state_dict: str | os.PathLike | None = None) -> 
             raise FileNotFoundError(f"no Python file at {path}")
         loader = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
+        try:
+            loader.loader.exec_module(module)
+        except Exception as exc:  # the user's file: report it as one line
+            raise ValueError(f"running {path} failed: {type(exc).__name__}: {exc}") from exc
     else:
         added = os.getcwd() not in sys.path
         if added:
             sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ValueError(f"cannot import {target!r} for --from-torch: {exc}") from exc
+        except Exception as exc:
+            raise ValueError(
+                f"cannot import {target!r} for --from-torch: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             if added:
                 sys.path.remove(os.getcwd())
     if not hasattr(module, attr):
         raise ValueError(f"{target!r} has no attribute {attr!r}")
     obj = getattr(module, attr)
-    model = obj if isinstance(obj, nn.Module) else obj()
+    try:
+        model = obj if isinstance(obj, nn.Module) else obj()
+    except Exception as exc:
+        raise ValueError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:

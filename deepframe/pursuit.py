@@ -715,7 +715,7 @@ def compile(
     if imported is not None:
         edges, lambdas, nodes, _, head = imported
         _load_weights(net, edges, lambdas, nodes, head)
-    if iterations > 0:  # the step sizes 1 / L_j; a solver that never iterates has none
+    if iterations > 0 or imported is None:  # an imported network that never iterates uses no L
         net.refresh_lipschitz(iterations=100)
     return net
 
