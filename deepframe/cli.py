@@ -202,22 +202,43 @@ def attack_command(args) -> int:
 
 
 def reproduce_command(args) -> int:
-    """The seed paper's Figs. 5-10 end to end (SPEC §7): train, measure, plot, report."""
-    from .experiments import reproduce
+    """The seed paper's Figs. 5-10 and claims end to end: train, attack, measure, report."""
+    from .experiments import merge, reproduce
 
+    seeds = None if args.seeds is None else tuple(int(v) for v in args.seeds.split(","))
+    if args.merge:
+        summary = merge(
+            args.merge,
+            args.out,
+            profile=args.profile,
+            data_dir=args.data_dir,
+            seeds=seeds,
+            progress=not args.quiet,
+        )
+        print(f"merged {len(summary['models'])} models; report: {args.out}/report.md")
+        return 0
     result = reproduce(
         args.out,
         profile=args.profile,
-        dataset=args.dataset,
         data_dir=args.data_dir,
-        seed=args.seed,
+        seeds=seeds,
+        shard=args.shard,
+        only=args.only,
+        jobs=args.jobs,
         progress=not args.quiet,
     )
-    summary = result["summary"]
-    print(
-        f"{summary['models']} models ({summary['trained_now']} trained now), "
-        f"{summary['wall_seconds']:.1f} s; report: {args.out}/report.md"
-    )
+    done = len(result["models"])
+    if result["results"] is None:
+        print(
+            f"{done} models ({result['trained_now']} trained now) in {args.out}; "
+            "no report for a part of the profile: merge the parts with "
+            f"deepframe reproduce --profile {args.profile} --merge DIR... --out DEST"
+        )
+    else:
+        print(
+            f"{done} models ({result['trained_now']} trained now); "
+            f"report: {args.out}/report.md, numbers: {args.out}/results.json"
+        )
     return 0
 
 
@@ -290,17 +311,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON result (default beside the checkpoint)")
     p.set_defaults(func=attack_command)
 
-    p = sub.add_parser("reproduce", help="the seed paper's Figs. 5-10 end to end (SPEC §7)")
+    p = sub.add_parser(
+        "reproduce",
+        help="the seed paper's Figs. 5-10 and a verdict per claim (docs/results.md)",
+    )
     p.add_argument(
         "--profile",
         default="quick",
-        choices=["quick", "full"],
-        help="quick: digits on a CPU in minutes; full: CIFAR-10 scale",
+        choices=["quick", "cifar-small", "full", "test"],
+        help="quick: digits, 3 seeds, minutes on a CPU (default); cifar-small: CIFAR-10 "
+        "subset, about 2 hours on 2 CPU cores; full: the paper's scale, for a GPU; "
+        "test: a seconds-long smoke test",
     )
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
-    p.add_argument("--data-dir", default=None, help="folder of cifar-10-batches-py (cifar10)")
-    p.add_argument("--out", default="runs/reproduce", help="output folder (resumable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR-10 folder (cifar-10-batches-py layout) for cifar-small and full",
+    )
+    p.add_argument("--out", default="runs/reproduce", help="run folder (resumable)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--shard", default=None, help="train only shard i of n, e.g. 1/3")
+    p.add_argument(
+        "--only", default=None, help="train only models whose names match these patterns"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="join the models of these run folders into --out and write the report",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=2, help="models trained at once, one process each (default 2)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=reproduce_command)
     return parser
