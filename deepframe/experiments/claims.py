@@ -93,24 +93,19 @@ def _converged_epoch(curve: list[dict], tolerance: float = 0.02) -> int:
 
 def _after_convergence(groups, base: str, key: str, sign: float, n_val: int) -> Interval:
     """``sign * (robust acc at the last epoch - at the convergence epoch)`` over seeds."""
-    values, rows = [], []
+    firsts, lasts = [], []
     for r in groups[base]:
         curve = r["curve"]
         e = _converged_epoch(curve)
-        at = {int(c["epoch"]): c for c in curve}
-        first, last = at[e].get(key), curve[-1].get(key)
+        if e == int(curve[-1]["epoch"]):
+            return Interval(0.0, None, None, "training accuracy converged only at the last epoch")
+        first = {int(c["epoch"]): c for c in curve}[e].get(key)
+        last = curve[-1].get(key)
         if first is None or last is None:
             return Interval(float("nan"), None, None, f"{key} not logged")
-        values.append(sign * (last - first))
-        rows.append((first, last))
-    if len(values) >= 2:
-        return mean_interval(values)
-    first, last = rows[0]
-    if last == first and groups[base][0]["curve"][-1]["epoch"] == _converged_epoch(
-        groups[base][0]["curve"]
-    ):
-        return Interval(0.0, None, None, "converged only at the last epoch")
-    return combination([(sign, [last], n_val), (-sign, [first], n_val)])
+        firsts.append(first)
+        lasts.append(last)
+    return combination([(sign, lasts, n_val), (-sign, firsts, n_val)])
 
 
 def _per_image_difference(groups, a: str, b: str) -> Interval:
@@ -220,11 +215,17 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
                         (1, _name("dp", n, 0)),
                     ),
                 ),
-                (
-                    f"acc({_name('dp', n, t_max)}) - acc({_name('dp', n, t1)})",
-                    _combo(g, key, (1, _name("dp", n, t_max)), (-1, _name("dp", n, t1))),
-                ),
-            ],
+            ]
+            + (
+                [
+                    (
+                        f"acc({_name('dp', n, t_max)}) - acc({_name('dp', n, t1)})",
+                        _combo(g, key, (1, _name("dp", n, t_max)), (-1, _name("dp", n, t1))),
+                    )
+                ]
+                if t_max > t1
+                else []
+            ),
         )
     )
 

@@ -110,7 +110,7 @@ PROFILES: dict[str, Profile] = {
     "test": Profile(
         "test",
         dataset="digits",
-        train_images=400,
+        train_images=200,
         eval_images=96,
         val_images=64,
         widths=(4, 8, 8),

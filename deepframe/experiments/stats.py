@@ -9,7 +9,9 @@ Conventions (written in every report):
   (models treated as independent; on the same images this is conservative
   when their errors are positively correlated).
 - Several seeds: the combination is computed per seed and the interval is
-  Student's t over seeds (mean +- t_{0.975, s-1} sd / sqrt(s)).
+  Student's t over seeds (mean +- t_{0.975, s-1} sd / sqrt(s)), but never
+  narrower than the binomial interval of the seed mean: with few seeds the
+  sample sd can be near zero by chance (two seeds that happen to agree).
 - Spearman's rank correlation: Fisher's z with the Bonett-Wright variance
   ``(1 + r^2 / 2) / (n - 3)``.
 """
@@ -101,13 +103,18 @@ def combination(terms: Sequence[tuple[float, Sequence[float], int]]) -> Interval
     if len(seeds) != 1:
         raise ValueError(f"every term needs the same seeds, got counts {sorted(seeds)}")
     (count,) = seeds
+    # binomial variance of the seed mean of the combination
+    variance = math.fsum(
+        c * c * p[s] * (1 - p[s]) / n for c, p, n in terms for s in range(count)
+    ) / (count * count)
+    binomial_half = Z95 * math.sqrt(variance)
     if count >= 2:
         per_seed = [math.fsum(c * p[s] for c, p, _ in terms) for s in range(count)]
-        return mean_interval(per_seed)
+        t = mean_interval(per_seed)
+        half = max(t.value - t.low, binomial_half)
+        return Interval(t.value, t.value - half, t.value + half, f"t over {count} seeds")
     value = math.fsum(c * p[0] for c, p, _ in terms)
-    variance = math.fsum(c * c * p[0] * (1 - p[0]) / n for c, p, n in terms)
-    half = Z95 * math.sqrt(variance)
-    return Interval(value, value - half, value + half, "binomial (one seed)")
+    return Interval(value, value - binomial_half, value + binomial_half, "binomial (one seed)")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Interval:
@@ -125,7 +132,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Interval:
     r_clip = max(min(r, 1 - 1e-12), -1 + 1e-12)
     z = math.atanh(r_clip)
     half = Z95 * math.sqrt((1 + r_clip * r_clip / 2) / (n - 3))
-    return Interval(r, math.tanh(z - half), math.tanh(z + half), f"Fisher z, n = {n}")
+    low, high = math.tanh(z - half), math.tanh(z + half)
+    return Interval(r, min(low, r), max(high, r), f"Fisher z, n = {n}")
 
 
 def verdict(intervals: Sequence[Interval], *, sign_only_ok: bool = False) -> str:
