@@ -479,3 +479,162 @@ def test_deep_pursuit_reaches_the_minimiser_on_drawn_graphs(graph):
 @given(graph=architectures(max_nodes=3, max_atoms=250).map(_without_batchnorm))
 def test_block_gradient_equals_autograd_on_drawn_graphs(graph):
     _check_gradient(graph)
+
+
+# ---------------------------------------------------------------------------
+# L_j is a provable upper bound of the block Lipschitz constant
+# ---------------------------------------------------------------------------
+def _dense_tail():
+    """A strided conv chain on odd sizes ending in a dense layer."""
+    g = df.chain((2, 7, 5), [3, 2], strides=[2, 1], bias=0.1)
+    g.add_node("fc", features=5, bias=0.1)
+    g.add_edge("l2", "fc", op="dense")
+    return df.graph.validate(g)
+
+
+LIPSCHITZ_GRAPHS = {
+    **GRAPHS,
+    "chain-stride2-odd": lambda: df.chain((2, 9, 7), [3, 4, 2], strides=[2, 2, 1], bias=0.1),
+    "dense-tail": _dense_tail,
+}
+
+
+def _with_batchnorm(g):
+    for _, a in g.nodes(data=True):
+        if a.get("kind") != "input":
+            a["batchnorm"] = True
+    return df.graph.validate(g)
+
+
+def _random_bn_statistics(net, seed=1):
+    """Non-trivial running statistics and scales (eval-mode batch norm)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in net.named_buffers():
+            if name.startswith("bn_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g, dtype=f64) * 0.3)
+            if name.startswith("bn_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g, dtype=f64) * 2 + 0.2)
+        for p in net.bn_scale.values():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=f64) * 2 + 0.3)
+
+
+def _block_hessian_top(net):
+    """``lambda_max(D_j^T D_j)`` per node by numpy eigvalsh on the dense dictionary,
+    batch norm folded by hand: the rows of node j's synthesis terms scaled per column
+    by ``s_j = gamma / sqrt(running_var + eps)`` (its target rows are not)."""
+    weights = {k: w.detach() for k, w in net.weight_dict().items()}
+    D = df.GlobalDictionary(net.graph, weights)
+    A = D.todense().numpy()
+    out = {}
+    for j, c0, size in zip(D.nodes, D.col_offsets, D.col_sizes):
+        block = A[:, c0 : c0 + size].copy()
+        name = net._names[j]
+        if name in net.bn_scale:
+            gamma = net.bn_scale[name].detach().numpy()
+            var = getattr(net, f"bn_var_{name}").numpy()
+            s = gamma / np.sqrt(var + 1e-5)
+            per_column = np.repeat(s, size // s.size)
+            for t, r0, rows in zip(D.terms, D.row_offsets, D.row_sizes):
+                if t.synth == j:
+                    block[r0 : r0 + rows] *= per_column
+        out[j] = np.linalg.eigvalsh(block.T @ block)[-1]
+    return out
+
+
+def _check_lipschitz_bound(graph, batchnorm):
+    net = df.compile(graph, method="deep", iterations=1, dtype=f64).eval()
+    if batchnorm:
+        _random_bn_statistics(net)
+    lipschitz = net.lipschitz()
+    truth = _block_hessian_top(net)
+    for j in net.nodes:
+        assert not lipschitz[j].requires_grad
+        assert float(lipschitz[j]) >= truth[j], (j, float(lipschitz[j]), truth[j])
+    return net, lipschitz, truth
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("name", sorted(LIPSCHITZ_GRAPHS))
+def test_lipschitz_bounds_the_block_hessian(name, batchnorm):
+    graph = LIPSCHITZ_GRAPHS[name]()
+    _check_lipschitz_bound(_with_batchnorm(graph) if batchnorm else graph, batchnorm)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(graph=architectures(max_nodes=3, max_atoms=250))
+def test_lipschitz_bounds_the_block_hessian_on_drawn_graphs(graph):
+    _check_lipschitz_bound(graph, batchnorm=True)
+
+
+def test_lipschitz_is_what_the_solver_uses(monkeypatch):
+    """``net.lipschitz()`` returns the very L_j of an eval-mode forward pass, batch
+    norm folded, and they carry no gradient (SPEC §4)."""
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["resnet"]())
+    net = df.compile(g, method="deep", iterations=2, dtype=f64).eval()
+    _random_bn_statistics(net)
+    used = {}
+    original = net._node_lipschitz
+
+    def record(terms, j, scale, dtype):
+        used[j] = original(terms, j, scale, dtype)
+        return used[j]
+
+    monkeypatch.setattr(net, "_node_lipschitz", record)
+    net(_x(net.input_shape))
+    for j, value in net.lipschitz().items():
+        assert torch.equal(used[j][0], value), j
+        assert not used[j][0].requires_grad
+    # in training (batch statistics) too, with gradients flowing elsewhere
+    net.train()
+    net(_x(net.input_shape)).sum().backward()
+    assert all(not v[0].requires_grad and not v[1].requires_grad for v in used.values())
+
+
+def test_exact_lipschitz_mode_is_a_tighter_upper_bound():
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["resnet"]())
+    net = df.compile(g, method="deep", iterations=1, dtype=f64).eval()
+    _random_bn_statistics(net)
+    bound = net.lipschitz()
+    net.refresh_lipschitz(exact=True)
+    exact = net.lipschitz()
+    truth = _block_hessian_top(net)
+    for j in net.nodes:
+        assert truth[j] <= float(exact[j]) <= float(bound[j]) * (1 + 1e-12), j
+    net.refresh_lipschitz()
+    assert all(torch.equal(v, bound[j]) for j, v in net.lipschitz().items())
+
+
+def test_float32_lipschitz_is_rounded_up():
+    g = LIPSCHITZ_GRAPHS["chain"]()
+    net64 = df.compile(g, method="deep", iterations=1, dtype=f64).eval()
+    net32 = df.compile(g, method="deep", iterations=1).eval()
+    net32.load_state_dict(net64.state_dict())  # the same (float32-representable) weights
+    net64.load_state_dict(net32.state_dict())
+    for j, v in net32.lipschitz().items():
+        assert v.dtype == torch.float32
+        assert float(v) >= float(net64.lipschitz()[j])
+
+
+def test_eval_lipschitz_cache_follows_the_weights():
+    """Eval forwards reuse L_j until a weight or running statistic changes."""
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["chain"]())
+    net = df.compile(g, method="deep", iterations=2, dtype=f64).eval()
+    x = _x(net.input_shape)
+    net(x)
+    first = net._lipschitz_cache[1]
+    net(x)
+    assert net._lipschitz_cache[1] is first
+    with torch.no_grad():
+        net.weight_dict()["l1->l2"].mul_(2.0)
+    net(x)
+    assert net._lipschitz_cache[1] is not first
+    for j, value in net.lipschitz().items():
+        assert torch.equal(net._lipschitz_cache[1][j][0], value)
+    second = net._lipschitz_cache[1]
+    with torch.no_grad():
+        getattr(net, f"bn_var_{net._names['l2']}").fill_(3.0)
+    net(x)
+    assert net._lipschitz_cache[1] is not second
+    for j, value in net.lipschitz().items():
+        assert torch.equal(net._lipschitz_cache[1][j][0], value)
