@@ -13,9 +13,10 @@ linear). Methods, in a string-keyed registry:
   topological order with ``a_j = sum_{t: synth j} A_t (target_t)``, which is
   ``sum_{k -> j} A_jk w_k`` for edge-centric nodes (the ordinary network) and
   ``A_j (sum_k E_jk w_k)`` for node-centric ones (Eq. 17).
-* ``"layered"`` (L-BP, Algorithm 1): node by node, feed-forward initialisation,
-  then T proximal-gradient steps on the node's own terms only (predecessors
-  fixed, no feedback).
+* ``"layered"`` (L-BP, Algorithm 1): node by node, start from the feed-forward
+  threshold (Eq. 9; of the predecessors' final codes by default, see
+  ``layered_init``), then T proximal-gradient steps on the node's own terms
+  only (predecessors fixed at their final codes, no feedback).
 * ``"deep"`` (DP, Algorithm 2): feed-forward initialisation, then T sweeps of
   block coordinate descent over all nodes (Gauss-Seidel by default) with
   extrapolation (Eq. 14) and the proximal step (Eq. 13)
@@ -58,6 +59,7 @@ __all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
 METHODS = ("feedforward", "layered", "deep")
 SCHEDULES = ("gauss-seidel", "jacobi")
 THRESHOLDS = ("step", "paper")
+LAYERED_INITS = ("final", "feedforward")
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
@@ -169,6 +171,7 @@ class PursuitNet(nn.Module):
         learn_lambda: bool,
         threshold: str,
         schedule: str,
+        layered_init: str,
         num_classes: int,
         mean,
         std,
@@ -180,6 +183,7 @@ class PursuitNet(nn.Module):
         self.iterations = int(iterations)
         self.threshold = threshold
         self.schedule = schedule
+        self.layered_init = layered_init
         self.nodes = activation_nodes(graph)
         self.input = input_node(graph)
         self.output = output_node(graph)
@@ -365,18 +369,22 @@ class PursuitNet(nn.Module):
         return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
     def lipschitz(self) -> dict:
-        """``{node: L_j}``: exactly the values the deep-pursuit solver uses in eval mode.
+        """``{node: L_j}``: exactly the values the solver uses in eval mode.
 
-        ``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target} ||P_tj||^2`` with
-        batch norm folded (``S_j = diag(gamma / sqrt(running_var + eps))``, identity
-        without batch norm), every ``||.||^2`` a provable upper bound, the sum
-        rounded up to the module's dtype: ``L_j >= lambda_max`` of node j's block
-        Hessian. Detached 0-dim tensors.
+        Deep pursuit: ``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target}
+        ||P_tj||^2``; layered pursuit: the node's own terms only, ``sum_{t: synth
+        j} ||B_t S_j||^2``. Batch norm is folded (``S_j = diag(gamma /
+        sqrt(running_var + eps))``, identity without batch norm), every ``||.||^2``
+        is a provable upper bound (:meth:`deepframe.ops.Operator.sqnorm_bound`,
+        or the exact norms after ``refresh_lipschitz(exact=True)``) and the sum is
+        rounded up to the module's dtype, so ``L_j >= lambda_max`` of the block
+        Hessian the step is taken on. Detached 0-dim tensors.
         """
         terms = self.terms()
         scales = self._eval_scales()
         dtype = self.input_mean.dtype
-        return {j: self._node_lipschitz(terms, j, scales.get(j), dtype)[0] for j in self.nodes}
+        index = 1 if self.method == "layered" else 0
+        return {j: self._node_lipschitz(terms, j, scales.get(j), dtype)[index] for j in self.nodes}
 
     # ------------------------------------------------------------------
     # the solver
@@ -407,9 +415,9 @@ class PursuitNet(nn.Module):
         iterate = self.iterations > 0  # with T = 0 every method is the feed-forward pass
         if self.method == "layered" and iterate:
             codes, per_node = self._layered(terms, const, codes, problem, trace)
-            if trace:
-                history = [
-                    {j: per_node[j][t] for j in self.nodes} for t in range(self.iterations + 1)
+            if trace:  # index 0 stays the feed-forward state (the "final" start is not)
+                history += [
+                    {j: per_node[j][t] for j in self.nodes} for t in range(1, self.iterations + 1)
                 ]
         elif self.method == "deep" and iterate:
             codes = self._deep(terms, const, codes, problem, history)
@@ -534,15 +542,27 @@ class PursuitNet(nn.Module):
         return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
 
     def _layered(self, terms, const, codes, problem, trace):
-        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
+        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed.
+
+        ``codes`` holds the feed-forward codes ``w^[0]`` on entry. Node j's local
+        problem reconstructs its predecessors' *final* codes; it starts from
+        ``layered_init``: ``"feedforward"``, its own feed-forward code
+        ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)`` (Eq. 9 literally), or
+        ``"final"``, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)`` (the same threshold
+        applied to the predecessors' final codes). Returns the final codes and,
+        with ``trace``, each node's local iterates ``[start, w^[1], ..., w^[T]]``.
+        """
         betas = self.betas()
+        feedforward = dict(codes)
         codes = dict(codes)
         per_node = {}
         for j in self.nodes:
-            # Re-initialise by thresholding the predecessors' final codes (Eq. 9).
-            a = self._preactivation(j, terms, const, codes)
-            view = (-1,) + (1,) * (a.dim() - 2)
-            w = prev = F.relu(a - problem["ff"][j].reshape(view))
+            if self.layered_init == "feedforward":
+                w = prev = feedforward[j]
+            else:
+                a = self._preactivation(j, terms, const, codes)
+                view = (-1,) + (1,) * (a.dim() - 2)
+                w = prev = F.relu(a - problem["ff"][j].reshape(view))
             history = [w] if trace else None
             for t in range(self.iterations):
                 w_hat = w + self.alphas[t] * (w - prev)
@@ -633,6 +653,7 @@ class PursuitNet(nn.Module):
         return (
             f"method={self.method!r}, iterations={self.iterations}, "
             f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
+            f"layered_init={self.layered_init!r}, "
             f"nodes={len(self.nodes)}"
         )
 
@@ -647,6 +668,7 @@ def compile(
     learn_lambda: bool = True,
     threshold: str = "step",
     schedule: str = "gauss-seidel",
+    layered_init: str = "final",
     num_classes: int = 10,
     mean=None,
     std=None,
@@ -680,6 +702,14 @@ def compile(
         Deep pursuit order: newest values of every block (Gauss-Seidel, Algorithm 2)
         or all blocks from the previous sweep (Jacobi; parallel, but the block
         step ``1 / L_j`` no longer guarantees descent).
+    layered_init : {"final", "feedforward"}
+        Where layered pursuit starts node j. ``"feedforward"``: its feed-forward
+        code ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)``, Eq. 9 read
+        literally. ``"final"`` (default): the same threshold applied to the
+        predecessors' *final* codes, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)``, a
+        start consistent with the local problem (Eq. 7), which reconstructs
+        ``w_{j-1}^[T]``; the default because the trained L-BP models of this
+        project use it. Both coincide for the first node and for ``T = 0``.
     num_classes : int
         Outputs of the linear head.
     mean, std : sequence of float, optional
@@ -694,6 +724,10 @@ def compile(
         raise ValueError(f"compile: unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if threshold not in THRESHOLDS:
         raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of {THRESHOLDS}")
+    if layered_init not in LAYERED_INITS:
+        raise ValueError(
+            f"compile: unknown layered_init {layered_init!r}; expected one of {LAYERED_INITS}"
+        )
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"compile: iterations must be an integer >= 0, got {iterations!r}")
     if alpha != "fista" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
@@ -712,6 +746,7 @@ def compile(
         learn_lambda=learn_lambda,
         threshold=threshold,
         schedule=schedule,
+        layered_init=layered_init,
         num_classes=num_classes,
         mean=mean,
         std=std,

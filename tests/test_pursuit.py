@@ -638,3 +638,94 @@ def test_eval_lipschitz_cache_follows_the_weights():
     assert net._lipschitz_cache[1] is not second
     for j, value in net.lipschitz().items():
         assert torch.equal(net._lipschitz_cache[1][j][0], value)
+
+
+# ---------------------------------------------------------------------------
+# layered pursuit: both readings of Eq. 9, against a hand-written Algorithm 1
+# ---------------------------------------------------------------------------
+def _hand_lbp(net, x, init, T):
+    """Algorithm 1 on a two-layer chain, written out: ``w_j <- ReLU(w_j - (g_j + lambda_j)
+    / L_j)``, ``g_j = B_j^T (B_j w_j - w_{j-1})`` (Eq. 8, 10), ``B_j`` the adjoint of the
+    layer's conv2d (by torch.func.vjp), ``L_j`` the solver's local constants."""
+    W = net.weight_dict()
+    lam = {j: _lam(net, j) for j in ("l1", "l2")}
+    lipschitz = net.lipschitz()
+    layers = {"l1": ("x->l1", 1), "l2": ("l1->l2", 2)}
+
+    def analysis(j, v):
+        key, stride = layers[j]
+        return F.conv2d(v, W[key].detach(), stride=stride, padding=1)
+
+    def solve(j, target, start):
+        _, vjp = torch.func.vjp(lambda v: analysis(j, v), target)
+        w = start
+        for _ in range(T):
+            grad = analysis(j, vjp(w)[0] - target)
+            w = F.relu(w - (grad + lam[j]) / lipschitz[j])
+        return w
+
+    ff1 = F.relu(analysis("l1", x) - lam["l1"])  # Eq. 9 for the first layer (w_0 = x)
+    ff2 = F.relu(analysis("l2", ff1) - lam["l2"])
+    w1 = solve("l1", x, ff1)
+    start2 = ff2 if init == "feedforward" else F.relu(analysis("l2", w1) - lam["l2"])
+    return {"l1": w1, "l2": solve("l2", w1, start2)}
+
+
+@pytest.mark.parametrize("init", ["feedforward", "final"])
+def test_layered_pursuit_equals_hand_written_algorithm_1(init):
+    g = df.chain((2, 6, 6), [3, 4], strides=[1, 2], bias=0.1)
+    net = df.compile(g, method="layered", iterations=4, beta=1.0, layered_init=init, dtype=f64)
+    net = net.eval()
+    x = _x(net.input_shape, batch=2, seed=3)
+    with torch.no_grad():
+        codes = net.encode(x)
+    want = _hand_lbp(net, x, init, 4)
+    for j in ("l1", "l2"):
+        torch.testing.assert_close(codes[j], want[j], rtol=1e-12, atol=1e-12)
+    # the two readings differ after the first layer
+    other = _hand_lbp(net, x, "final" if init == "feedforward" else "feedforward", 4)
+    assert not torch.allclose(want["l2"], other["l2"])
+
+
+def test_layered_init_default_and_bad_value():
+    g = df.chain((2, 6, 6), [3, 4], bias=0.1)
+    assert df.compile(g, method="layered", iterations=1).layered_init == "final"
+    with pytest.raises(ValueError, match="layered_init"):
+        df.compile(g, method="layered", iterations=1, layered_init="paper")
+
+
+# ---------------------------------------------------------------------------
+# trace index 0 is the feed-forward state for every method
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "feedforward"},
+        {"method": "layered", "iterations": 3, "layered_init": "final"},
+        {"method": "layered", "iterations": 3, "layered_init": "feedforward"},
+        {"method": "deep", "iterations": 3},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_trace_index_zero_is_the_feedforward_state(options):
+    g = GRAPHS["resnet"]()
+    net = df.compile(g, dtype=f64, **options).eval()
+    ff = df.compile(g, method="feedforward", dtype=f64).eval()
+    ff.load_state_dict(net.state_dict(), strict=False)
+    x = _x(net.input_shape, batch=2)
+    with torch.no_grad():
+        codes, trace = net.encode(x, trace=True)
+        ff_codes, ff_trace = ff.encode(x, trace=True)
+    D = ff.dictionary()
+    T = net.iterations
+    assert trace.objective.shape == (T + 1, 2)
+    # index 0: F of the feed-forward codes, by the dense objective
+    torch.testing.assert_close(
+        trace.objective[0], D.objective(net.normalize(x), ff_codes), rtol=1e-12, atol=1e-12
+    )
+    for j in net.nodes:
+        torch.testing.assert_close(trace.node_errors[j][0], ff_trace.node_errors[j][0])
+    # index T: the returned codes
+    torch.testing.assert_close(
+        trace.objective[-1], D.objective(net.normalize(x), codes), rtol=1e-12, atol=1e-12
+    )
