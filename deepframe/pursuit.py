@@ -197,14 +197,16 @@ class PursuitNet(nn.Module):
         self._weight_names = {}  # weight key -> parameter name
         self._names = {}  # node -> parameter name of its lambda, beta, batch norm
         self.weights = nn.ParameterDict()
-        for key, w in random_weights(graph, seed=seed, dtype=torch.float32).items():
+        # Drawn in float64 (as deepframe.dictionary draws them); compile() casts the
+        # module to its dtype, so a float64 model holds exactly the same weights.
+        for key, w in random_weights(graph, seed=seed, dtype=torch.float64).items():
             self._weight_names[key] = _safe_name(key, taken)
             self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
         self._fixed_beta = None if beta == "learned" else float(beta)
-        for j, lam in node_lambdas(graph, dtype=torch.float32).items():
+        for j, lam in node_lambdas(graph, dtype=torch.float64).items():
             name = _safe_name(str(j), taken)
             self._names[j] = name
             rho = torch.log(torch.expm1(lam.clamp_min(_LAMBDA_FLOOR)))

@@ -729,3 +729,19 @@ def test_trace_index_zero_is_the_feedforward_state(options):
     torch.testing.assert_close(
         trace.objective[-1], D.objective(net.normalize(x), codes), rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("name", ["densenet", "mlp", "node-centric"])
+def test_float64_compile_draws_exactly_the_seeded_dictionary_weights(name):
+    g = GRAPHS[name]()
+    net = df.compile(g, seed=3, dtype=f64)
+    D = df.dictionary(g, seed=3)
+    weights = net.weight_dict()
+    assert set(weights) == set(D.weights)
+    for key, w in D.weights.items():
+        assert weights[key].dtype == f64
+        assert torch.equal(weights[key].detach(), w), key
+    # float32 models hold the same draws rounded once to float32
+    net32 = df.compile(g, seed=3)
+    for key, w in D.weights.items():
+        assert torch.equal(net32.weight_dict()[key].detach(), w.float()), key
