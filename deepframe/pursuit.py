@@ -13,9 +13,10 @@ linear). Methods, in a string-keyed registry:
   topological order with ``a_j = sum_{t: synth j} A_t (target_t)``, which is
   ``sum_{k -> j} A_jk w_k`` for edge-centric nodes (the ordinary network) and
   ``A_j (sum_k E_jk w_k)`` for node-centric ones (Eq. 17).
-* ``"layered"`` (L-BP, Algorithm 1): node by node, feed-forward initialisation,
-  then T proximal-gradient steps on the node's own terms only (predecessors
-  fixed, no feedback).
+* ``"layered"`` (L-BP, Algorithm 1): node by node, start from the feed-forward
+  threshold (Eq. 9; of the predecessors' final codes by default, see
+  ``layered_init``), then T proximal-gradient steps on the node's own terms
+  only (predecessors fixed at their final codes, no feedback).
 * ``"deep"`` (DP, Algorithm 2): feed-forward initialisation, then T sweeps of
   block coordinate descent over all nodes (Gauss-Seidel by default) with
   extrapolation (Eq. 14) and the proximal step (Eq. 13)
@@ -23,7 +24,8 @@ linear). Methods, in a string-keyed registry:
       w_j <- ReLU( w^_j - s_j (grad_j f + lambda_j) ),    s_j = 1 / (beta_j L_j)
 
   where ``grad_j f`` is Eq. 15 / Eq. 18 in the terms' notation
-  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t``.
+  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t`` and ``L_j`` a
+  provable upper bound on its Lipschitz constant (:meth:`PursuitNet.lipschitz`).
   DP-res is DP on a graph with skip edges.
 
 No ``.item()``, no data-dependent Python branching and no detach inside the
@@ -57,6 +59,7 @@ __all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
 METHODS = ("feedforward", "layered", "deep")
 SCHEDULES = ("gauss-seidel", "jacobi")
 THRESHOLDS = ("step", "paper")
+LAYERED_INITS = ("final", "feedforward")
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
@@ -103,6 +106,29 @@ class _Scaled(ops.Operator):
     def adjoint(self, y):
         return self.inner.adjoint(y * self.scale)
 
+    def sqnorm_bound(self, scale=None):
+        """The inner operator's bound with this scale folded in (``scale`` must be None)."""
+        if scale is not None:
+            raise ValueError("_Scaled.sqnorm_bound: the operator is already scaled")
+        return self.inner.sqnorm_bound(self.scale.reshape(-1))
+
+
+def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` (float64) converted to ``dtype``, rounded towards +infinity."""
+    value = torch.as_tensor(value, dtype=torch.float64)
+    low = value.to(dtype)
+    up = torch.nextafter(low, torch.full_like(low, math.inf))
+    return torch.where(low.to(torch.float64) < value, up, low)
+
+
+def _drop_power_buffers(state_dict, prefix, *args) -> None:
+    """Checkpoints written before L_j became a bound carry power-iteration buffers
+    (``power_<term>_<block>_v`` / ``_sq``); the solver no longer has them."""
+    for key in [
+        k for k in state_dict if re.fullmatch(re.escape(prefix) + r"power_\d+_\w+_(v|sq)", k)
+    ]:
+        del state_dict[key]
+
 
 def _safe_name(key: str, taken: set) -> str:
     name = re.sub(r"[^0-9A-Za-z_]", "_", key.replace("->", "__"))
@@ -145,10 +171,10 @@ class PursuitNet(nn.Module):
         learn_lambda: bool,
         threshold: str,
         schedule: str,
+        layered_init: str,
         num_classes: int,
         mean,
         std,
-        power_iterations: int,
         seed: int,
     ):
         super().__init__()
@@ -157,7 +183,7 @@ class PursuitNet(nn.Module):
         self.iterations = int(iterations)
         self.threshold = threshold
         self.schedule = schedule
-        self.power_iterations = int(power_iterations)
+        self.layered_init = layered_init
         self.nodes = activation_nodes(graph)
         self.input = input_node(graph)
         self.output = output_node(graph)
@@ -171,14 +197,16 @@ class PursuitNet(nn.Module):
         self._weight_names = {}  # weight key -> parameter name
         self._names = {}  # node -> parameter name of its lambda, beta, batch norm
         self.weights = nn.ParameterDict()
-        for key, w in random_weights(graph, seed=seed, dtype=torch.float32).items():
+        # Drawn in float64 (as deepframe.dictionary draws them); compile() casts the
+        # module to its dtype, so a float64 model holds exactly the same weights.
+        for key, w in random_weights(graph, seed=seed, dtype=torch.float64).items():
             self._weight_names[key] = _safe_name(key, taken)
             self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
         self._fixed_beta = None if beta == "learned" else float(beta)
-        for j, lam in node_lambdas(graph, dtype=torch.float32).items():
+        for j, lam in node_lambdas(graph, dtype=torch.float64).items():
             name = _safe_name(str(j), taken)
             self._names[j] = name
             rho = torch.log(torch.expm1(lam.clamp_min(_LAMBDA_FLOOR)))
@@ -219,18 +247,9 @@ class PursuitNet(nn.Module):
             j: [(i, n) for i, t in enumerate(terms) for n, (k, _) in enumerate(t.targets) if k == j]
             for j in self.nodes
         }
-        # Persistent power-iteration vectors for every parametrised operator.
-        self._power = []  # (term index, target index or None, buffer name)
-        for i, t in enumerate(terms):
-            for n, op in [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]:
-                if op.weight is None:
-                    continue
-                name = f"power_{i}_{'s' if n is None else n}"
-                g = torch.Generator().manual_seed(seed + 7 + len(self._power))
-                v = torch.randn((1, *op.out_shape), generator=g)
-                self.register_buffer(name + "_v", v / v.norm())
-                self.register_buffer(name + "_sq", torch.ones(()))
-                self._power.append((i, n, name))
+        self._exact = None  # {(term, target or None): ||A||^2}, see refresh_lipschitz(exact=True)
+        self._lipschitz_cache = None  # (key, {node: (L_j, L_local_j)}) of eval-mode forwards
+        self._register_load_state_dict_pre_hook(_drop_power_buffers)
 
     # ------------------------------------------------------------------
     # parameters as the graph names them
@@ -268,65 +287,106 @@ class PursuitNet(nn.Module):
     # ------------------------------------------------------------------
     # Lipschitz constants
     # ------------------------------------------------------------------
-    def _term_op(self, terms, i, n):
-        return terms[i].op if n is None else terms[i].targets[n][1]
+    def _eval_scales(self) -> dict:
+        """``{node: s_j = gamma_j / sqrt(running_var_j + eps)}`` for batch-norm nodes."""
+        out = {}
+        for j in self.nodes:
+            name = self._names[j]
+            if name in self.bn_scale:
+                var = getattr(self, f"bn_var_{name}")
+                out[j] = self.bn_scale[name] / torch.sqrt(var + _BN_EPS)
+        return out
 
-    @torch.no_grad()
-    def refresh_lipschitz(
-        self, *, exact: bool = False, iterations: int | None = None, tol: float = 1e-7
-    ) -> None:
-        """Re-estimate every ``||A||_2^2`` of the solver.
+    def _sqnorm(self, terms, i, n, scale=None) -> torch.Tensor:
+        """Upper bound on ``||A||^2`` of term ``i``'s synthesis operator (``n is None``,
+        with the batch-norm ``scale`` of its node) or of its target ``n``."""
+        if self._exact is not None and not self.training:
+            return self._exact[(i, n)]
+        if n is None:
+            return terms[i].op.sqnorm_bound(scale)
+        return terms[i].targets[n][1].sqnorm_bound()
 
-        Parameters
-        ----------
-        exact : bool
-            Largest singular value of each operator's dense matrix (analysis;
-            small graphs only).
-        iterations : int, optional
-            Power iterations with the persistent vectors (default:
-            ``power_iterations``); stops early once the estimate changes by less
-            than ``tol`` (relative).
+    def _node_lipschitz(self, terms, j, scale, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_j, L_local_j)`` in ``dtype``, each rounded up from float64.
+
+        ``scale`` is node j's batch-norm scale when ``terms`` are not folded yet
+        (``None`` once its synthesis operators are :class:`_Scaled`).
+
+        ``L_local_j = sum_{t: synth j} ||B_t S_j||^2`` (node j's own terms, L-BP)
+        and ``L_j = L_local_j + sum_{t: j target} ||P_tj||^2`` (DP). Each
+        ``||.||^2`` is an upper bound (:meth:`deepframe.ops.Operator.sqnorm_bound`),
+        so by the triangle inequality ``L_j >= lambda_max(D_j^T D_j)``, the
+        Lipschitz constant of ``grad_j f``.
         """
-        terms = self.terms()
-        for i, n, name in self._power:
-            op = self._term_op(terms, i, n)
-            sq = getattr(self, name + "_sq")
-            if exact:
-                sq.copy_(torch.tensor(op.sqnorm(exact=True)))
-                continue
-            v = getattr(self, name + "_v")
-            previous = None
-            for _ in range(iterations or self.power_iterations):
-                w = op.forward(op.adjoint(v))
-                v.copy_(w / w.norm().clamp_min(1e-30))
-                estimate = float(op.adjoint(v).pow(2).sum())
-                if previous is not None and abs(estimate - previous) <= tol * estimate:
-                    break
-                previous = estimate
-            sq.copy_(op.adjoint(v).pow(2).sum())
+        with torch.no_grad():
+            local = sum(self._sqnorm(terms, i, None, scale) for i in self._synth_terms[j])
+            other = sum(self._sqnorm(terms, i, n) for i, n in self._target_terms[j])
+            return _round_up(local + other, dtype), _round_up(local, dtype)
 
     @torch.no_grad()
-    def _power_step(self, terms) -> None:
-        """One power iteration per operator (training mode: once per forward pass)."""
-        for i, n, name in self._power:
-            op = self._term_op(terms, i, n)
-            v = getattr(self, name + "_v")
-            w = op.forward(op.adjoint(v))
-            v.copy_(w / w.norm().clamp_min(1e-30))
-            getattr(self, name + "_sq").copy_(op.adjoint(v).pow(2).sum())
+    def refresh_lipschitz(self, *, exact: bool = False) -> None:
+        """Choose how ``||A||^2`` of every operator is bounded.
 
-    def _sqnorms(self) -> tuple[dict, dict]:
-        """Per node: ``sum_{t: synth j} ||B_t||^2`` and ``sum_{t: j target} ||P_tj||^2``."""
-        sq = {(i, n): getattr(self, name + "_sq") for i, n, name in self._power}
-        synth = {j: sum(sq.get((i, None), 1.0) for i in self._synth_terms[j]) for j in self.nodes}
-        target = {j: sum(sq.get((i, n), 1.0) for i, n in self._target_terms[j]) for j in self.nodes}
-        return synth, target
+        By default (``exact=False``) the solver bounds each operator of the
+        current weights at every forward pass with
+        :meth:`deepframe.ops.Operator.sqnorm_bound` (periodic-extension bound for
+        convolutions, exact for dense, identity and shortcut operators): nothing
+        is cached, so this call only leaves the exact mode. ``exact=True``
+        (analysis, small graphs) instead takes each operator's exact squared
+        norm from the SVD of its dense matrix, batch norm folded with the
+        running statistics, times ``1 + ROUNDING_MARGIN``: still an upper bound
+        of ``L_j`` (triangle inequality), tighter. These values are frozen
+        until the next call: they apply to eval-mode forwards on the weights of
+        this call (training forwards always use the default bound).
+        """
+        self._lipschitz_cache = None
+        if not exact:
+            self._exact = None
+            return
+        terms = self.terms()
+        scales = self._eval_scales()
+        values = {}
+        for i, t in enumerate(terms):
+            blocks = [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]
+            for n, op in blocks:
+                if n is None and t.synth in scales:
+                    op = _Scaled(op, scales[t.synth])
+                if op.weight is None and not isinstance(op, _Scaled):
+                    values[(i, n)] = op.sqnorm_bound()  # exactly 1
+                    continue
+                dense = op.todense().to(torch.float64)
+                top = torch.linalg.matrix_norm(dense, ord=2).square()
+                values[(i, n)] = top * (1.0 + ops.ROUNDING_MARGIN)
+        self._exact = values
+
+    def _lipschitz_key(self) -> tuple:
+        """Identity and version counter of every tensor the eval-mode ``L_j`` depend on.
+
+        Every in-place change through the parameters (optimiser steps,
+        ``load_state_dict``, ``copy_`` under ``no_grad``) bumps a version
+        counter; a new tensor has a new identity or storage.
+        """
+        tensors = [*self.weights.values(), *self.bn_scale.values()]
+        tensors += [getattr(self, f"bn_var_{name}") for name in self.bn_scale]
+        return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
     def lipschitz(self) -> dict:
-        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` (detached;
-        batch norm not folded)."""
-        synth, target = self._sqnorms()
-        return {j: synth[j] + target[j] for j in self.nodes}
+        """``{node: L_j}``: exactly the values the solver uses in eval mode.
+
+        Deep pursuit: ``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target}
+        ||P_tj||^2``; layered pursuit: the node's own terms only, ``sum_{t: synth
+        j} ||B_t S_j||^2``. Batch norm is folded (``S_j = diag(gamma /
+        sqrt(running_var + eps))``, identity without batch norm), every ``||.||^2``
+        is a provable upper bound (:meth:`deepframe.ops.Operator.sqnorm_bound`,
+        or the exact norms after ``refresh_lipschitz(exact=True)``) and the sum is
+        rounded up to the module's dtype, so ``L_j >= lambda_max`` of the block
+        Hessian the step is taken on. Detached 0-dim tensors.
+        """
+        terms = self.terms()
+        scales = self._eval_scales()
+        dtype = self.input_mean.dtype
+        index = 1 if self.method == "layered" else 0
+        return {j: self._node_lipschitz(terms, j, scales.get(j), dtype)[index] for j in self.nodes}
 
     # ------------------------------------------------------------------
     # the solver
@@ -350,8 +410,6 @@ class PursuitNet(nn.Module):
             )
         xn = self.normalize(x)
         terms = self.terms()
-        if self.training and self.method != "feedforward" and self.iterations > 0:
-            self._power_step(terms)
         const = self._constants(terms, xn)
 
         codes, problem = self._feedforward(terms, const)
@@ -359,9 +417,9 @@ class PursuitNet(nn.Module):
         iterate = self.iterations > 0  # with T = 0 every method is the feed-forward pass
         if self.method == "layered" and iterate:
             codes, per_node = self._layered(terms, const, codes, problem, trace)
-            if trace:
-                history = [
-                    {j: per_node[j][t] for j in self.nodes} for t in range(self.iterations + 1)
+            if trace:  # index 0 stays the feed-forward state (the "final" start is not)
+                history += [
+                    {j: per_node[j][t] for j in self.nodes} for t in range(1, self.iterations + 1)
                 ]
         elif self.method == "deep" and iterate:
             codes = self._deep(terms, const, codes, problem, history)
@@ -396,12 +454,18 @@ class PursuitNet(nn.Module):
         Returns the codes and ``problem``: per node the feed-forward threshold
         ``"ff"`` (may be negative with batch norm), the effective ``"lambda"``
         (``>= 0``) and the Lipschitz bounds ``"L"`` (all blocks) and ``"L_local"``
-        (the node's own terms). Batch norm of node j is folded into its synthesis
-        blocks as the column scaling ``S_j`` (in place in ``terms``), so that
-        ``||B S||^2 <= max(s^2) ||B||^2`` bounds the scaled blocks.
+        (the node's own terms), detached upper bounds (:meth:`_node_lipschitz`).
+        Batch norm of node j is folded into its synthesis blocks as the column
+        scaling ``S_j`` (in place in ``terms``); the bounds see the scaled blocks.
         """
         lambdas = self.lambdas()
-        synth_sq, target_sq = self._sqnorms()
+        # Eval-mode bounds depend on the weights and running statistics only: kept
+        # until one of them changes (not while tracing for torch.compile).
+        use_cache = not self.training and self.iterations > 0 and not torch.compiler.is_compiling()
+        key = self._lipschitz_key() if use_cache else None
+        cached = None
+        if use_cache and self._lipschitz_cache is not None and self._lipschitz_cache[0] == key:
+            cached = self._lipschitz_cache[1]
         codes = {}
         problem = {"ff": {}, "lambda": {}, "L": {}, "L_local": {}}
         for j in self.nodes:
@@ -420,15 +484,23 @@ class PursuitNet(nn.Module):
                 for i in self._synth_terms[j]:
                     terms[i].op = _Scaled(terms[i].op, scale)
                 threshold = lam + scale * mean
-                synth = synth_sq[j] * scale.pow(2).max()
             else:
                 pre = a - lam.reshape(view)
-                threshold, synth = lam, synth_sq[j]
+                threshold = lam
             codes[j] = F.relu(pre)
             problem["ff"][j] = threshold
             problem["lambda"][j] = F.relu(threshold)
-            problem["L"][j] = synth + target_sq[j]
-            problem["L_local"][j] = synth
+            if cached is not None:
+                problem["L"][j], problem["L_local"][j] = cached[j]
+            elif self.iterations > 0:  # node j's synthesis operators are scaled by now
+                problem["L"][j], problem["L_local"][j] = self._node_lipschitz(
+                    terms, j, None, a.dtype
+                )
+        if use_cache and cached is None:
+            self._lipschitz_cache = (
+                key,
+                {j: (problem["L"][j], problem["L_local"][j]) for j in self.nodes},
+            )
         return codes, problem
 
     def _step(self, w_hat, grad, lam, lip, beta):
@@ -472,15 +544,27 @@ class PursuitNet(nn.Module):
         return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
 
     def _layered(self, terms, const, codes, problem, trace):
-        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
+        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed.
+
+        ``codes`` holds the feed-forward codes ``w^[0]`` on entry. Node j's local
+        problem reconstructs its predecessors' *final* codes; it starts from
+        ``layered_init``: ``"feedforward"``, its own feed-forward code
+        ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)`` (Eq. 9 literally), or
+        ``"final"``, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)`` (the same threshold
+        applied to the predecessors' final codes). Returns the final codes and,
+        with ``trace``, each node's local iterates ``[start, w^[1], ..., w^[T]]``.
+        """
         betas = self.betas()
+        feedforward = dict(codes)
         codes = dict(codes)
         per_node = {}
         for j in self.nodes:
-            # Re-initialise by thresholding the predecessors' final codes (Eq. 9).
-            a = self._preactivation(j, terms, const, codes)
-            view = (-1,) + (1,) * (a.dim() - 2)
-            w = prev = F.relu(a - problem["ff"][j].reshape(view))
+            if self.layered_init == "feedforward":
+                w = prev = feedforward[j]
+            else:
+                a = self._preactivation(j, terms, const, codes)
+                view = (-1,) + (1,) * (a.dim() - 2)
+                w = prev = F.relu(a - problem["ff"][j].reshape(view))
             history = [w] if trace else None
             for t in range(self.iterations):
                 w_hat = w + self.alphas[t] * (w - prev)
@@ -571,6 +655,7 @@ class PursuitNet(nn.Module):
         return (
             f"method={self.method!r}, iterations={self.iterations}, "
             f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
+            f"layered_init={self.layered_init!r}, "
             f"nodes={len(self.nodes)}"
         )
 
@@ -585,10 +670,10 @@ def compile(
     learn_lambda: bool = True,
     threshold: str = "step",
     schedule: str = "gauss-seidel",
+    layered_init: str = "final",
     num_classes: int = 10,
     mean=None,
     std=None,
-    power_iterations: int = 1,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device=None,
@@ -619,12 +704,18 @@ def compile(
         Deep pursuit order: newest values of every block (Gauss-Seidel, Algorithm 2)
         or all blocks from the previous sweep (Jacobi; parallel, but the block
         step ``1 / L_j`` no longer guarantees descent).
+    layered_init : {"final", "feedforward"}
+        Where layered pursuit starts node j. ``"feedforward"``: its feed-forward
+        code ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)``, Eq. 9 read
+        literally. ``"final"`` (default): the same threshold applied to the
+        predecessors' *final* codes, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)``, a
+        start consistent with the local problem (Eq. 7), which reconstructs
+        ``w_{j-1}^[T]``; the default because the trained L-BP models of this
+        project use it. Both coincide for the first node and for ``T = 0``.
     num_classes : int
         Outputs of the linear head.
     mean, std : sequence of float, optional
         Per-channel input normalisation applied inside the model.
-    power_iterations : int
-        Power-iteration steps per training forward pass for ``L_j``.
     seed : int
         Seed of the initial weights (the same He-style weights as
         ``deepframe.dictionary(graph, seed=seed)``).
@@ -635,6 +726,10 @@ def compile(
         raise ValueError(f"compile: unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if threshold not in THRESHOLDS:
         raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of {THRESHOLDS}")
+    if layered_init not in LAYERED_INITS:
+        raise ValueError(
+            f"compile: unknown layered_init {layered_init!r}; expected one of {LAYERED_INITS}"
+        )
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"compile: iterations must be an integer >= 0, got {iterations!r}")
     if alpha != "fista" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
@@ -653,12 +748,10 @@ def compile(
         learn_lambda=learn_lambda,
         threshold=threshold,
         schedule=schedule,
+        layered_init=layered_init,
         num_classes=num_classes,
         mean=mean,
         std=std,
-        power_iterations=power_iterations,
         seed=seed,
     )
-    net = net.to(dtype=dtype, device=device)
-    net.refresh_lipschitz(iterations=100)
-    return net
+    return net.to(dtype=dtype, device=device)

@@ -479,3 +479,269 @@ def test_deep_pursuit_reaches_the_minimiser_on_drawn_graphs(graph):
 @given(graph=architectures(max_nodes=3, max_atoms=250).map(_without_batchnorm))
 def test_block_gradient_equals_autograd_on_drawn_graphs(graph):
     _check_gradient(graph)
+
+
+# ---------------------------------------------------------------------------
+# L_j is a provable upper bound of the block Lipschitz constant
+# ---------------------------------------------------------------------------
+def _dense_tail():
+    """A strided conv chain on odd sizes ending in a dense layer."""
+    g = df.chain((2, 7, 5), [3, 2], strides=[2, 1], bias=0.1)
+    g.add_node("fc", features=5, bias=0.1)
+    g.add_edge("l2", "fc", op="dense")
+    return df.graph.validate(g)
+
+
+LIPSCHITZ_GRAPHS = {
+    **GRAPHS,
+    "chain-stride2-odd": lambda: df.chain((2, 9, 7), [3, 4, 2], strides=[2, 2, 1], bias=0.1),
+    "dense-tail": _dense_tail,
+}
+
+
+def _with_batchnorm(g):
+    for _, a in g.nodes(data=True):
+        if a.get("kind") != "input":
+            a["batchnorm"] = True
+    return df.graph.validate(g)
+
+
+def _random_bn_statistics(net, seed=1):
+    """Non-trivial running statistics and scales (eval-mode batch norm)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in net.named_buffers():
+            if name.startswith("bn_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g, dtype=f64) * 0.3)
+            if name.startswith("bn_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g, dtype=f64) * 2 + 0.2)
+        for p in net.bn_scale.values():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=f64) * 2 + 0.3)
+
+
+def _block_hessian_top(net):
+    """``lambda_max(D_j^T D_j)`` per node by numpy eigvalsh on the dense dictionary,
+    batch norm folded by hand: the rows of node j's synthesis terms scaled per column
+    by ``s_j = gamma / sqrt(running_var + eps)`` (its target rows are not)."""
+    weights = {k: w.detach() for k, w in net.weight_dict().items()}
+    D = df.GlobalDictionary(net.graph, weights)
+    A = D.todense().numpy()
+    out = {}
+    for j, c0, size in zip(D.nodes, D.col_offsets, D.col_sizes):
+        block = A[:, c0 : c0 + size].copy()
+        name = net._names[j]
+        if name in net.bn_scale:
+            gamma = net.bn_scale[name].detach().numpy()
+            var = getattr(net, f"bn_var_{name}").numpy()
+            s = gamma / np.sqrt(var + 1e-5)
+            per_column = np.repeat(s, size // s.size)
+            for t, r0, rows in zip(D.terms, D.row_offsets, D.row_sizes):
+                if t.synth == j:
+                    block[r0 : r0 + rows] *= per_column
+        out[j] = np.linalg.eigvalsh(block.T @ block)[-1]
+    return out
+
+
+def _check_lipschitz_bound(graph, batchnorm):
+    net = df.compile(graph, method="deep", iterations=1, dtype=f64).eval()
+    if batchnorm:
+        _random_bn_statistics(net)
+    lipschitz = net.lipschitz()
+    truth = _block_hessian_top(net)
+    for j in net.nodes:
+        assert not lipschitz[j].requires_grad
+        assert float(lipschitz[j]) >= truth[j], (j, float(lipschitz[j]), truth[j])
+    return net, lipschitz, truth
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("name", sorted(LIPSCHITZ_GRAPHS))
+def test_lipschitz_bounds_the_block_hessian(name, batchnorm):
+    graph = LIPSCHITZ_GRAPHS[name]()
+    _check_lipschitz_bound(_with_batchnorm(graph) if batchnorm else graph, batchnorm)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(graph=architectures(max_nodes=3, max_atoms=250))
+def test_lipschitz_bounds_the_block_hessian_on_drawn_graphs(graph):
+    _check_lipschitz_bound(graph, batchnorm=True)
+
+
+def test_lipschitz_is_what_the_solver_uses(monkeypatch):
+    """``net.lipschitz()`` returns the very L_j of an eval-mode forward pass, batch
+    norm folded, and they carry no gradient (SPEC §4)."""
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["resnet"]())
+    net = df.compile(g, method="deep", iterations=2, dtype=f64).eval()
+    _random_bn_statistics(net)
+    used = {}
+    original = net._node_lipschitz
+
+    def record(terms, j, scale, dtype):
+        used[j] = original(terms, j, scale, dtype)
+        return used[j]
+
+    monkeypatch.setattr(net, "_node_lipschitz", record)
+    net(_x(net.input_shape))
+    for j, value in net.lipschitz().items():
+        assert torch.equal(used[j][0], value), j
+        assert not used[j][0].requires_grad
+    # in training (batch statistics) too, with gradients flowing elsewhere
+    net.train()
+    net(_x(net.input_shape)).sum().backward()
+    assert all(not v[0].requires_grad and not v[1].requires_grad for v in used.values())
+
+
+def test_exact_lipschitz_mode_is_a_tighter_upper_bound():
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["resnet"]())
+    net = df.compile(g, method="deep", iterations=1, dtype=f64).eval()
+    _random_bn_statistics(net)
+    bound = net.lipschitz()
+    net.refresh_lipschitz(exact=True)
+    exact = net.lipschitz()
+    truth = _block_hessian_top(net)
+    for j in net.nodes:
+        assert truth[j] <= float(exact[j]) <= float(bound[j]) * (1 + 1e-12), j
+    net.refresh_lipschitz()
+    assert all(torch.equal(v, bound[j]) for j, v in net.lipschitz().items())
+
+
+def test_float32_lipschitz_is_rounded_up():
+    g = LIPSCHITZ_GRAPHS["chain"]()
+    net64 = df.compile(g, method="deep", iterations=1, dtype=f64).eval()
+    net32 = df.compile(g, method="deep", iterations=1).eval()
+    net32.load_state_dict(net64.state_dict())  # the same (float32-representable) weights
+    net64.load_state_dict(net32.state_dict())
+    for j, v in net32.lipschitz().items():
+        assert v.dtype == torch.float32
+        assert float(v) >= float(net64.lipschitz()[j])
+
+
+def test_eval_lipschitz_cache_follows_the_weights():
+    """Eval forwards reuse L_j until a weight or running statistic changes."""
+    g = _with_batchnorm(LIPSCHITZ_GRAPHS["chain"]())
+    net = df.compile(g, method="deep", iterations=2, dtype=f64).eval()
+    x = _x(net.input_shape)
+    net(x)
+    first = net._lipschitz_cache[1]
+    net(x)
+    assert net._lipschitz_cache[1] is first
+    with torch.no_grad():
+        net.weight_dict()["l1->l2"].mul_(2.0)
+    net(x)
+    assert net._lipschitz_cache[1] is not first
+    for j, value in net.lipschitz().items():
+        assert torch.equal(net._lipschitz_cache[1][j][0], value)
+    second = net._lipschitz_cache[1]
+    with torch.no_grad():
+        getattr(net, f"bn_var_{net._names['l2']}").fill_(3.0)
+    net(x)
+    assert net._lipschitz_cache[1] is not second
+    for j, value in net.lipschitz().items():
+        assert torch.equal(net._lipschitz_cache[1][j][0], value)
+
+
+# ---------------------------------------------------------------------------
+# layered pursuit: both readings of Eq. 9, against a hand-written Algorithm 1
+# ---------------------------------------------------------------------------
+def _hand_lbp(net, x, init, T):
+    """Algorithm 1 on a two-layer chain, written out: ``w_j <- ReLU(w_j - (g_j + lambda_j)
+    / L_j)``, ``g_j = B_j^T (B_j w_j - w_{j-1})`` (Eq. 8, 10), ``B_j`` the adjoint of the
+    layer's conv2d (by torch.func.vjp), ``L_j`` the solver's local constants."""
+    W = net.weight_dict()
+    lam = {j: _lam(net, j) for j in ("l1", "l2")}
+    lipschitz = net.lipschitz()
+    layers = {"l1": ("x->l1", 1), "l2": ("l1->l2", 2)}
+
+    def analysis(j, v):
+        key, stride = layers[j]
+        return F.conv2d(v, W[key].detach(), stride=stride, padding=1)
+
+    def solve(j, target, start):
+        _, vjp = torch.func.vjp(lambda v: analysis(j, v), target)
+        w = start
+        for _ in range(T):
+            grad = analysis(j, vjp(w)[0] - target)
+            w = F.relu(w - (grad + lam[j]) / lipschitz[j])
+        return w
+
+    ff1 = F.relu(analysis("l1", x) - lam["l1"])  # Eq. 9 for the first layer (w_0 = x)
+    ff2 = F.relu(analysis("l2", ff1) - lam["l2"])
+    w1 = solve("l1", x, ff1)
+    start2 = ff2 if init == "feedforward" else F.relu(analysis("l2", w1) - lam["l2"])
+    return {"l1": w1, "l2": solve("l2", w1, start2)}
+
+
+@pytest.mark.parametrize("init", ["feedforward", "final"])
+def test_layered_pursuit_equals_hand_written_algorithm_1(init):
+    g = df.chain((2, 6, 6), [3, 4], strides=[1, 2], bias=0.1)
+    net = df.compile(g, method="layered", iterations=4, beta=1.0, layered_init=init, dtype=f64)
+    net = net.eval()
+    x = _x(net.input_shape, batch=2, seed=3)
+    with torch.no_grad():
+        codes = net.encode(x)
+    want = _hand_lbp(net, x, init, 4)
+    for j in ("l1", "l2"):
+        torch.testing.assert_close(codes[j], want[j], rtol=1e-12, atol=1e-12)
+    # the two readings differ after the first layer
+    other = _hand_lbp(net, x, "final" if init == "feedforward" else "feedforward", 4)
+    assert not torch.allclose(want["l2"], other["l2"])
+
+
+def test_layered_init_default_and_bad_value():
+    g = df.chain((2, 6, 6), [3, 4], bias=0.1)
+    assert df.compile(g, method="layered", iterations=1).layered_init == "final"
+    with pytest.raises(ValueError, match="layered_init"):
+        df.compile(g, method="layered", iterations=1, layered_init="paper")
+
+
+# ---------------------------------------------------------------------------
+# trace index 0 is the feed-forward state for every method
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "feedforward"},
+        {"method": "layered", "iterations": 3, "layered_init": "final"},
+        {"method": "layered", "iterations": 3, "layered_init": "feedforward"},
+        {"method": "deep", "iterations": 3},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_trace_index_zero_is_the_feedforward_state(options):
+    g = GRAPHS["resnet"]()
+    net = df.compile(g, dtype=f64, **options).eval()
+    ff = df.compile(g, method="feedforward", dtype=f64).eval()
+    ff.load_state_dict(net.state_dict(), strict=False)
+    x = _x(net.input_shape, batch=2)
+    with torch.no_grad():
+        codes, trace = net.encode(x, trace=True)
+        ff_codes, ff_trace = ff.encode(x, trace=True)
+    D = ff.dictionary()
+    T = net.iterations
+    assert trace.objective.shape == (T + 1, 2)
+    # index 0: F of the feed-forward codes, by the dense objective
+    torch.testing.assert_close(
+        trace.objective[0], D.objective(net.normalize(x), ff_codes), rtol=1e-12, atol=1e-12
+    )
+    for j in net.nodes:
+        torch.testing.assert_close(trace.node_errors[j][0], ff_trace.node_errors[j][0])
+    # index T: the returned codes
+    torch.testing.assert_close(
+        trace.objective[-1], D.objective(net.normalize(x), codes), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["densenet", "mlp", "node-centric"])
+def test_float64_compile_draws_exactly_the_seeded_dictionary_weights(name):
+    g = GRAPHS[name]()
+    net = df.compile(g, seed=3, dtype=f64)
+    D = df.dictionary(g, seed=3)
+    weights = net.weight_dict()
+    assert set(weights) == set(D.weights)
+    for key, w in D.weights.items():
+        assert weights[key].dtype == f64
+        assert torch.equal(weights[key].detach(), w), key
+    # float32 models hold the same draws rounded once to float32
+    net32 = df.compile(g, seed=3)
+    for key, w in D.weights.items():
+        assert torch.equal(net32.weight_dict()[key].detach(), w.float()), key
