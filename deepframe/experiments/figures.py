@@ -68,8 +68,9 @@ def _bars_note(seeds: int) -> str:
     )
 
 
-def _paper_axis(ax) -> None:
+def _paper_axis(ax, ts) -> None:
     top = ax.secondary_xaxis("top", functions=(lambda t: t + 1, lambda t: t - 1))
+    top.set_xticks([t + 1 for t in ts])
     top.set_xlabel("paper's T (feed-forward = 1)", fontsize=7)
     top.tick_params(labelsize=7)
 
@@ -140,7 +141,7 @@ def figure6(summary, groups, out: Path) -> dict:
         ax.set_xticks(ts)
         ax.set_xlabel("iterations T (ours; feed-forward = 0)")
         ax.set_title(f"{label} accuracy", fontsize=9)
-        _paper_axis(ax)
+        _paper_axis(ax, ts)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Fig. 6 (n = {n}): {_title(summary)}; {_bars_note(len(summary['seeds']))}",
                  fontsize=8, y=1.08)
@@ -209,7 +210,7 @@ def figure8(summary, groups, out: Path) -> dict:
         ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("iteration (ours; 0 = feed-forward)")
-        _paper_axis(ax)
+        _paper_axis(ax, range(len(nodes[next(iter(nodes))])))
     axes[0].set_ylabel("reconstruction error")
     axes[-1].legend(fontsize=6, ncol=2)
     fig.suptitle(f"Fig. 8 (T = {t}, n = {n}): {_title(summary)}", fontsize=8, y=1.08)
@@ -231,7 +232,7 @@ def _geometry_figure(summary, groups, out: Path, number: int, key: str, ylabel: 
     ax.set_xticks(ts)
     ax.set_xlabel("iterations T (ours; feed-forward = 0)")
     ax.set_ylabel(ylabel)
-    _paper_axis(ax)
+    _paper_axis(ax, ts)
     ax.legend(fontsize=7)
     seeds = len(summary["seeds"])
     ax.set_title(f"Fig. {number}: {p['dataset']}, profile {p['name']!r}, n = {n}"
