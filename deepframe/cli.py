@@ -213,6 +213,7 @@ def reproduce_command(args) -> int:
             profile=args.profile,
             data_dir=args.data_dir,
             seeds=seeds,
+            jobs=args.jobs,
             progress=not args.quiet,
         )
         print(f"merged {len(summary['models'])} models; report: {args.out}/report.md")

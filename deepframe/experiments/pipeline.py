@@ -186,7 +186,7 @@ def reproduce(
     _log_wall(out, wall, trained, jobs, prof)
     summary = None
     if report and len(specs) == len(all_specs):
-        summary = collect(out, prof, data_dir=data_dir, seeds=seeds, progress=progress)
+        summary = collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
     return {"trained_now": trained, "models": results, "results": summary}
 
 
@@ -213,6 +213,7 @@ def merge(
     profile: str | Profile = "quick",
     data_dir: str | Path | None = None,
     seeds: tuple[int, ...] | None = None,
+    jobs: int = 1,
     progress: bool = True,
 ) -> dict:
     """Join the model folders of several (sharded) runs into ``out_dir`` and report.
@@ -248,7 +249,7 @@ def merge(
                     shutil.copyfile(folder / file, target / file)
         wall_log += list(read_json(d / "runs.json") or [])
     write_json(out / "runs.json", wall_log)
-    return collect(out, prof, data_dir=data_dir, seeds=seeds, progress=progress)
+    return collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
 
 
 def collect(
@@ -257,6 +258,7 @@ def collect(
     *,
     data_dir: str | Path | None = None,
     seeds: tuple[int, ...] | None = None,
+    jobs: int = 1,
     progress: bool = True,
 ) -> dict:
     """Measure every finished model, then write ``results.json``, the figures and the report.
@@ -271,6 +273,7 @@ def collect(
 
     prof = _profile(profile)
     out = Path(out_dir)
+    started = time.perf_counter()
     specs = model_specs(prof, seeds)
     missing = [
         s.name
@@ -291,8 +294,7 @@ def collect(
         records.append(_record(spec, prof, result, measured))
     selection = []
     ff_bases = sorted({s.base: s for s in specs if s.family == "ff"}.values(), key=lambda s: s.base)
-    for spec in tqdm(ff_bases, desc="model selection", unit="arch", disable=not progress):
-        chosen = select_architecture(spec, prof, out)
+    for spec, chosen in zip(ff_bases, _select_all(ff_bases, prof, out, jobs, progress)):
         errors = [1 - r["clean_acc"] for r in records if r["base"] == spec.base]
         selection.append(
             {
@@ -321,9 +323,39 @@ def collect(
         "train_seconds": math.fsum(r["train_seconds"] for r in records),
     }
     summary["figures"] = figures.all_figures(summary, out)
+    summary["collect_seconds"] = time.perf_counter() - started
     write_json(out / "results.json", summary)
     report.write_report(summary, out)
     return summary
+
+
+def _select_all(specs, prof: Profile, out: Path, jobs: int, progress: bool) -> list[dict]:
+    """:func:`select_architecture` of every spec, ``jobs`` processes at once, in order."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(specs), desc="model selection", unit="arch", disable=not progress)
+    if jobs <= 1:
+        chosen = []
+        for spec in specs:
+            chosen.append(select_architecture(spec, prof, out))
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_select_worker, s, prof, out) for s in specs]
+            for future in futures:
+                future.add_done_callback(lambda _: bar.update(1))
+            chosen = [f.result() for f in futures]
+    bar.close()
+    return chosen
+
+
+def _select_worker(spec, prof: Profile, out: Path) -> dict:
+    torch.set_num_threads(prof.threads)
+    return select_architecture(spec, prof, out)
 
 
 def _record(spec, prof: Profile, result: dict, measured: dict) -> dict:

@@ -134,9 +134,10 @@ def write_report(summary: dict, out: Path) -> str:
         f"- model selection: minimum deep frame potential after {p['selection_steps']} Adam "
         f"steps (lr {p['selection_lr']}) from seeded random weights, no data",
         f"- models: {len(summary['models'])}; summed training time {summary['train_seconds'] / 60:.1f} "
-        f"min; wall time of all calls {minutes:.1f} min "
+        f"min; wall time of the training calls {minutes:.1f} min "
         f"({len(summary['runs'])} call(s); jobs x threads: "
-        f"{sorted({(r['jobs'], r['threads_per_job']) for r in summary['runs']})})",
+        f"{sorted({(r['jobs'], r['threads_per_job']) for r in summary['runs']})}), then "
+        f"{summary['collect_seconds'] / 60:.1f} min to measure, select and report",
         f"- software and machine: deepframe {env['deepframe']}, torch {env['torch']}, numpy "
         f"{env['numpy']}, Python {env['python']}; {env['platform']}, {env['logical_cpus']} "
         f"logical CPUs, device {env['device']}",

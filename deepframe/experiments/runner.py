@@ -66,7 +66,8 @@ def read_json(path: Path) -> Any | None:
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _file_hash(path: Path) -> str:
@@ -389,19 +390,16 @@ def select_architecture(spec: ModelSpec, profile: Profile, out_dir: str | Path) 
     weights, ``profile.selection_steps`` Adam steps; the minimum over the
     history is the model-selection score of Murdock & Lucey (2020).
     """
+    import networkx as nx
+
     from ..data import DATASETS
     from ..geometry import minimize_frame_potential
-    from ..graph import save
 
     info = DATASETS[profile.dataset]
     graph = build_graph(spec, profile, info.input_shape)
     path = Path(out_dir) / "selection" / f"{spec.base}.json"
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save(graph, Path(tmp) / "g.json")
-        text = (Path(tmp) / "g.json").read_text()
-    key = _hash({"graph": text, "steps": profile.selection_steps, "lr": profile.selection_lr})
+    structure = nx.node_link_data(graph, edges="edges")
+    key = _hash({"graph": structure, "steps": profile.selection_steps, "lr": profile.selection_lr})
     old = read_json(path)
     if isinstance(old, dict) and old.get("key") == key:
         return old
