@@ -277,6 +277,12 @@ class _Piece:
     kernel_size: tuple = (1, 1)
     inc: tuple = ()
     sel: np.ndarray | None = None
+    scale: torch.Tensor | None = None  # per node channel: a Scaled synthesis block (B S)
+
+    @property
+    def base(self) -> ops.Operator:
+        """The operator without its channel scale (:class:`deepframe.ops.Scaled`)."""
+        return self.op.inner if isinstance(self.op, ops.Scaled) else self.op
 
     @property
     def sign(self) -> float:
@@ -291,26 +297,31 @@ class _Piece:
         return self.op.forward(r) if self.role == "synth" else -self.op.adjoint(r)
 
     def kernel(self) -> torch.Tensor:
-        """Learned channel map ``K[c_node, c_res, alpha, beta]``."""
-        w = self.op.weight
-        return w if self.role == "synth" else w.transpose(0, 1)
+        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale)."""
+        w = self.base.weight
+        if self.role != "synth":
+            return w.transpose(0, 1)
+        return w if self.scale is None else w * self.scale.to(w).reshape(-1, 1, 1, 1)
 
     @property
     def parametrised(self) -> bool:
         """Whether the operator has learned weights (else its entries are constants)."""
-        return self.op.weight is not None
+        return self.base.weight is not None
 
     def support_piece(self) -> _Piece:
-        """The same piece with every learned weight replaced by 1 (float64; support patterns)."""
+        """The same piece with every learned weight replaced by 1 and no channel scale
+        (float64; the architecture's support patterns)."""
         if not self.parametrised:
-            return self
-        op = self.op
+            if self.scale is None:
+                return self
+            return dataclasses.replace(self, op=self.base, scale=None)
+        op = self.base
         ones = torch.ones(op.weight.shape, dtype=torch.float64, device=op.weight.device)
         if isinstance(op, ops.Conv):
             new = ops.Conv(ones, op.in_shape, stride=op.stride, padding=op.padding)
         else:
             new = ops.Dense(ones, op.in_shape)
-        return dataclasses.replace(self, op=new)
+        return dataclasses.replace(self, op=new, scale=None)
 
 
 def _incidence(
@@ -341,6 +352,9 @@ def _make_piece(ti: int, node, role: str, op: ops.Operator) -> _Piece:
     else:
         node_shape, res_shape = op.in_shape, op.out_shape
     piece = _Piece(ti, node, role, op, tuple(node_shape), tuple(res_shape))
+    if isinstance(op, ops.Scaled):  # batch norm folded: the node's atoms scaled per channel
+        piece.scale = op.scale
+        op = op.inner
     if len(node_shape) != 3 or len(res_shape) != 3 or isinstance(op, ops.Dense):
         return piece
     transposed = role == "synth"
@@ -563,6 +577,8 @@ class _StructuredGram:
                     total = total + torch.einsum("cab,ya,xb->cyx", energy, vy, vx)
                 else:
                     keep = torch.as_tensor(piece.sel >= 0, dtype=dtype, device=device)
+                    if piece.scale is not None:
+                        keep = keep * piece.scale.to(dtype=dtype, device=device).square()
                     total = total + keep[:, None, None] * (vy[:, 0, None] * vx[None, :, 0])
             out[j] = total
         return out
@@ -656,8 +672,9 @@ class _StructuredGram:
                     if ps.parametrised or po.parametrised:
                         s1, o1 = ps.support_piece(), po.support_piece()
                         supp += o1.transpose(_abs_column(s1, e)).flatten(1).abs()
-                    else:
-                        const += po.transpose(ps.column(e.to(self.d.dtype))).flatten(1).double()
+                    else:  # the architecture's constants: channel scales left out
+                        s1, o1 = ps.support_piece(), po.support_piece()
+                        const += o1.transpose(s1.column(e.to(self.d.dtype))).flatten(1).double()
             hit = (supp > 0) | (const != 0)
             if block.ia == block.ib:
                 idx = torch.arange(i0, i1, device=self.d.device)
@@ -918,19 +935,31 @@ def _tap_products(
         # bmm is pathologically slow on strided views: hand it contiguous operands.
         ka = gathered(pa, 0)[:, c0:c1].contiguous()
         return torch.bmm(ka, gathered(pb, 1, transpose=True))
+    # a selection piece of a scaled synthesis block contributes its scale per channel
+    scale_a = None if pa.scale is None else pa.scale[c0:c1].to(dtype=dtype, device=device)
+    scale_b = None if pb.scale is None else pb.scale.to(dtype=dtype, device=device)
     if pa.learned:
         ka = gathered(pa, 0)[:, c0:c1]  # (L, c, i)
         if _is_identity(pb.sel, ka.shape[2]):
-            return ka
-        sel = torch.as_tensor(pb.sel, device=device)
-        return ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+            q = ka
+        else:
+            sel = torch.as_tensor(pb.sel, device=device)
+            q = ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+        return q if scale_b is None else q * scale_b
     if pb.learned:
         kb = gathered(pb, 1, transpose=True)  # (L, i, c')
         if c0 == 0 and _is_identity(pa.sel[c0:c1], kb.shape[1]):
-            return kb
-        sel = torch.as_tensor(pa.sel[c0:c1], device=device)
-        return kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
-    return _select_select(pa.sel[c0:c1], pb.sel, dtype, device)[None]
+            q = kb
+        else:
+            sel = torch.as_tensor(pa.sel[c0:c1], device=device)
+            q = kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
+        return q if scale_a is None else q * scale_a[None, :, None]
+    q = _select_select(pa.sel[c0:c1], pb.sel, dtype, device)
+    if scale_a is not None:
+        q = q * scale_a[:, None]
+    if scale_b is not None:
+        q = q * scale_b[None, :]
+    return q[None]
 
 
 def _is_identity(sel: np.ndarray, size: int) -> bool:

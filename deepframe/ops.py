@@ -39,6 +39,7 @@ __all__ = [
     "Dense",
     "Identity",
     "Shortcut",
+    "Scaled",
     "conv_output_size",
     "conv_sqnorm_bound",
     "power_iteration",
@@ -611,3 +612,59 @@ class Shortcut(Operator):
         return sp.csr_array(
             sp.coo_array((np.ones(rows.size), (rows, cols)), shape=(self.out_size, self.in_size))
         )
+
+
+class Scaled(Operator):
+    """``diag(s) A``: an operator followed by a per-channel scale of its output.
+
+    With ``A`` the analysis operator of a synthesis block, ``B S = (S A)^T``
+    scales the columns (atoms) of ``B`` channel by channel: batch norm folded
+    into the pursuit (``s = gamma / sqrt(var + eps)``, SPEC §4).
+
+    Parameters
+    ----------
+    op : Operator
+        The operator ``A``; ``weight`` is its weight.
+    scale : torch.Tensor
+        ``(C_out,)``: one factor per output channel (feature) of ``op``.
+    """
+
+    kind = "scaled"
+
+    def __init__(self, op: Operator, scale: torch.Tensor):
+        if isinstance(op, Scaled):
+            raise ValueError("Scaled: the operator is already scaled; multiply the scales")
+        if tuple(scale.shape) != (op.out_shape[0],):
+            raise ValueError(
+                f"Scaled: scale of shape {tuple(scale.shape)} for an operator with "
+                f"{op.out_shape[0]} output channels; expected ({op.out_shape[0]},)"
+            )
+        super().__init__(op.in_shape, op.out_shape)
+        self.inner, self.weight, self.scale = op, op.weight, scale
+        self._view = scale.reshape(-1, *([1] * (len(op.out_shape) - 1)))
+
+    def forward(self, x):
+        return self.inner.forward(x) * self._view
+
+    def adjoint(self, y):
+        return self.inner.adjoint(y * self._view)
+
+    def _like(self):
+        return self.inner._like()
+
+    def sqnorm_bound(self, scale=None):
+        """The inner operator's bound with this scale folded in (no further ``scale``)."""
+        if scale is not None:
+            raise ValueError("Scaled.sqnorm_bound: the operator is already scaled")
+        return self.inner.sqnorm_bound(self.scale)
+
+    def tosparse(self):
+        import numpy as np
+        import scipy.sparse as sp
+
+        per_row = self.scale.detach().double().cpu().numpy()
+        per_row = np.repeat(per_row, self.out_size // self.out_shape[0])
+        return sp.csr_array(sp.diags_array(per_row) @ self.inner.tosparse())
+
+    def __repr__(self) -> str:
+        return f"Scaled({self.inner!r})"
