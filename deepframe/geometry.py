@@ -1279,14 +1279,45 @@ def deep_frame_potential(
 
         DFP(D) = (1 / N_nz) sum_{(i, j) in S} G_ij^2 = (FP(D) - N') / N_nz
 
-    ``S`` is the set of ordered off-diagonal pairs ``(i, j)``, ``i != j``, whose
-    Gram entry is nonzero for *some* weights of the architecture (for a global
-    dictionary: the atoms' supports overlap in some term and the contributions
-    are not parameter-free ones that cancel), ``N_nz = |S|`` counts both
-    ``(i, j)`` and ``(j, i)``, ``N'`` is the number of nonzero atoms. Since
-    ``mu^2`` is the maximum of what is averaged, ``DFP <= mu^2``. For a plain
-    matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, ``i != j``
-    (all pairs for a generic dense matrix: ``DFP = (FP - N) / (N (N - 1))``).
+    with ``G = D_n^T D_n`` the Gram of the unit-norm columns. Precisely:
+
+    * **which entries**: ``S``, the ordered off-diagonal pairs ``(i, j)``,
+      ``i != j``, whose Gram entry is nonzero for *some* weights of the
+      architecture (for a global dictionary: the atoms' supports overlap in
+      some term and the contributions are not parameter-free ones that
+      cancel); ``N_nz = |S|`` counts ``(i, j)`` and ``(j, i)`` separately. For
+      a plain matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, all
+      pairs for a generic dense matrix, giving the classical mean
+      ``(FP - N) / (N (N - 1))``.
+    * **squared**: the entries ``G_ij^2`` are averaged, not ``|G_ij|``: the
+      frame potential ``FP = ||G||_F^2`` is a sum of squares (smooth in the
+      weights, and the quantity Welch-type bounds control). ``sqrt(DFP)`` is
+      the root-mean-square inner product of two atoms that can interact.
+    * **diagonal excluded**: ``G_ii = 1`` for every nonzero atom (0 for a zero
+      column), a constant ``N'`` that says nothing about the atoms' mutual
+      geometry; removing it is the ``- N'``.
+    * **why ``N_nz``, not ``N (N - 1)``**: every entry outside ``S`` is zero for
+      all weights, so it is forced by the architecture, not achieved by it;
+      averaging over ``S`` only measures the inner products the weights
+      control, and does not credit sparse connectivity for its structural
+      zeros. This is the "average nonzero magnitude of inner products between
+      atoms" of Murdock & Lucey (CVPR 2020), in its squared form.
+
+    Relation to the coherence: ``mu^2 = max_{i != j} G_ij^2`` is the largest of
+    the averaged numbers (entries outside ``S`` are zero), so
+
+        mu^2 >= DFP = (FP - N') / N_nz,
+
+    and with any lower bound ``FP >= FP_lb`` (:func:`lower_bounds`),
+    ``mu^2 >= (FP_lb - N') / N_nz``. Model selection uses the minimum over
+    the weights, ``DFP* = min_W DFP(D(W))``: every weight setting of the
+    architecture has ``mu(W)^2 >= DFP(W) >= DFP*``, so ``sqrt(DFP*)`` lower-bounds
+    the coherence the architecture can reach, and architectures are compared
+    by it without data (:func:`minimize_frame_potential` approximates
+    ``DFP*`` from above by gradient descent).
+
+    For a batch-norm folded dictionary (``column_scales``) ``S`` is the
+    architecture's: the channel scales change values, not supports.
 
     Parameters
     ----------
@@ -1466,6 +1497,15 @@ def minimize_frame_potential(
     differentiating through the exact structured (or dense) computation. The
     objective is invariant to the scale of each atom, so only the directions of
     the atoms move. No data is involved.
+
+    The paper's model-selection criterion is the minimum ``DFP* = min_W
+    DFP(W)`` (see :func:`deep_frame_potential` for the normalisation): since
+    ``mu(W)^2 >= DFP(W) >= DFP*`` for all weights, a lower ``DFP*`` is a lower
+    floor on the coherence the architecture can reach. The problem is not
+    convex: the returned ``final`` DFP is an upper estimate of ``DFP*``
+    (reached from one seed in ``steps`` steps), so compare architectures with
+    the same ``steps``, ``lr`` and seeds, and read ``sqrt(final)`` as an
+    estimate, not a certified bound, of that floor.
 
     Parameters
     ----------
