@@ -289,6 +289,15 @@ class GlobalDictionary:
         ``{key: tensor}`` as :func:`parameter_shapes` lists.
     lambdas : mapping, optional
         ``{node: (C,) tensor}`` sparsity weights; default from node ``bias``.
+    column_scales : mapping, optional
+        ``{node: (C,) tensor}``: scale node j's atoms channel by channel in its
+        *synthesis* blocks, ``B_t -> B_t S_j`` with ``S_j = diag(s_j)`` (operator
+        ``A_t -> S_j A_t``, :class:`deepframe.ops.Scaled`); the target blocks
+        ``-P_tj`` at column block j stay unscaled. This is batch norm folded
+        into the problem (SPEC §4): :meth:`deepframe.PursuitNet.dictionary`
+        passes ``s_j = gamma_j / sqrt(running_var_j + eps)``. Since only some
+        blocks of a column scale, normalised columns change direction: the
+        geometry of the folded dictionary differs from the unscaled one.
     dtype, device : optional
         Of the vectors the operator makes (``todense``, ``dottest``); default
         those of the weights (float64 on the CPU for a parameter-free graph).
@@ -300,6 +309,7 @@ class GlobalDictionary:
         weights: Mapping[str, torch.Tensor],
         lambdas: Mapping | None = None,
         *,
+        column_scales: Mapping | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ):
@@ -331,7 +341,11 @@ class GlobalDictionary:
         self.input_shape = tuple(graph.nodes[self.input]["shape"])
         self.nodes = activation_nodes(graph)
         self.node_shapes = {j: tuple(graph.nodes[j]["shape"]) for j in self.nodes}
+        self.column_scales = _check_scales(column_scales, self.nodes, self.node_shapes)
         self.terms = build_terms(graph, self.weights)
+        for t in self.terms:
+            if t.synth in self.column_scales:
+                t.op = ops.Scaled(t.op, self.column_scales[t.synth])
         self.col_sizes = [math.prod(self.node_shapes[j]) for j in self.nodes]
         self.row_sizes = [t.size for t in self.terms]
         self.col_offsets = _offsets(self.col_sizes)
@@ -343,6 +357,9 @@ class GlobalDictionary:
             self.graph,
             {k: w.to(dtype=dtype, device=device) for k, w in self.weights.items()},
             {j: lam.to(dtype=dtype, device=device) for j, lam in self.lambdas.items()},
+            column_scales={
+                j: s.to(dtype=dtype, device=device) for j, s in self.column_scales.items()
+            },
             dtype=dtype if dtype is not None else self.dtype,
             device=device if device is not None else self.device,
         )
@@ -487,13 +504,36 @@ class GlobalDictionary:
         smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in self.residuals(x, codes))
         return smooth + self.penalty(codes)
 
-    def lipschitz(self, *, exact: bool = False, seed: int = 0) -> dict:
-        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` per node."""
+    def lipschitz(self, *, exact: bool = False, estimate: bool = False, seed: int = 0) -> dict:
+        """``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target} ||P_tj||^2`` per node.
+
+        By the triangle inequality ``L_j >= ||D_j||_2^2 = lambda_max(D_j^T D_j)``,
+        the Lipschitz constant of the block gradient, whenever every
+        ``||.||^2`` is at least the operator's squared norm. How each is taken:
+
+        * default: :meth:`deepframe.ops.Operator.sqnorm_bound`, a provable upper
+          bound (exact for dense, identity and shortcut blocks, the periodic
+          extension for convolutions): what the pursuit solvers use;
+        * ``exact=True``: the spectral norm of each block's dense matrix (small
+          dictionaries);
+        * ``estimate=True``: power iteration (seeded by ``seed``), which
+          approaches each norm *from below*: an estimate, not a bound.
+
+        Returns ``{node: float}``.
+        """
+        if exact and estimate:
+            raise ValueError("lipschitz: choose exact=True or estimate=True, not both")
+
+        def sq(op) -> float:
+            if exact or estimate:
+                return op.sqnorm(exact=exact, seed=seed)
+            return float(op.sqnorm_bound())
+
         out = {j: 0.0 for j in self.nodes}
         for t in self.terms:
-            out[t.synth] += t.op.sqnorm(exact=exact, seed=seed)
+            out[t.synth] += sq(t.op)
             for k, p in t.targets:
-                out[k] += p.sqnorm(exact=exact, seed=seed)
+                out[k] += sq(p)
         return out
 
     # -- exports --------------------------------------------------------------
@@ -555,9 +595,10 @@ class GlobalDictionary:
 
     def __repr__(self) -> str:
         n, big_n = self.shape
+        scaled = f", {len(self.column_scales)} scaled nodes" if self.column_scales else ""
         return (
             f"GlobalDictionary({n} rows x {big_n} atoms, {len(self.terms)} terms, "
-            f"{len(self.nodes)} nodes)"
+            f"{len(self.nodes)} nodes{scaled})"
         )
 
 
@@ -572,6 +613,26 @@ class _Transposed:
 
     def __matmul__(self, r: torch.Tensor) -> torch.Tensor:
         return self._d.rmatvec(r)
+
+
+def _check_scales(scales: Mapping | None, nodes: list, shapes: Mapping) -> dict:
+    """Validate ``{node: (C,) tensor}`` column scales (see :class:`GlobalDictionary`)."""
+    out = {}
+    for j, s in (scales or {}).items():
+        if j not in shapes:
+            raise ValueError(
+                f"GlobalDictionary: column_scales for {j!r}, which is not an activation "
+                f"node; nodes are {nodes}"
+            )
+        c = shapes[j][0]
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != (c,):
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(
+                f"GlobalDictionary: column_scales[{j!r}] must be a tensor of shape ({c},) "
+                f"(one factor per channel of node {j!r}), got {got}"
+            )
+        out[j] = s
+    return out
 
 
 def _offsets(sizes: list[int]) -> list[int]:

@@ -277,6 +277,12 @@ class _Piece:
     kernel_size: tuple = (1, 1)
     inc: tuple = ()
     sel: np.ndarray | None = None
+    scale: torch.Tensor | None = None  # per node channel: a Scaled synthesis block (B S)
+
+    @property
+    def base(self) -> ops.Operator:
+        """The operator without its channel scale (:class:`deepframe.ops.Scaled`)."""
+        return self.op.inner if isinstance(self.op, ops.Scaled) else self.op
 
     @property
     def sign(self) -> float:
@@ -291,26 +297,31 @@ class _Piece:
         return self.op.forward(r) if self.role == "synth" else -self.op.adjoint(r)
 
     def kernel(self) -> torch.Tensor:
-        """Learned channel map ``K[c_node, c_res, alpha, beta]``."""
-        w = self.op.weight
-        return w if self.role == "synth" else w.transpose(0, 1)
+        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale)."""
+        w = self.base.weight
+        if self.role != "synth":
+            return w.transpose(0, 1)
+        return w if self.scale is None else w * self.scale.to(w).reshape(-1, 1, 1, 1)
 
     @property
     def parametrised(self) -> bool:
         """Whether the operator has learned weights (else its entries are constants)."""
-        return self.op.weight is not None
+        return self.base.weight is not None
 
     def support_piece(self) -> _Piece:
-        """The same piece with every learned weight replaced by 1 (float64; support patterns)."""
+        """The same piece with every learned weight replaced by 1 and no channel scale
+        (float64; the architecture's support patterns)."""
         if not self.parametrised:
-            return self
-        op = self.op
+            if self.scale is None:
+                return self
+            return dataclasses.replace(self, op=self.base, scale=None)
+        op = self.base
         ones = torch.ones(op.weight.shape, dtype=torch.float64, device=op.weight.device)
         if isinstance(op, ops.Conv):
             new = ops.Conv(ones, op.in_shape, stride=op.stride, padding=op.padding)
         else:
             new = ops.Dense(ones, op.in_shape)
-        return dataclasses.replace(self, op=new)
+        return dataclasses.replace(self, op=new, scale=None)
 
 
 def _incidence(
@@ -341,6 +352,9 @@ def _make_piece(ti: int, node, role: str, op: ops.Operator) -> _Piece:
     else:
         node_shape, res_shape = op.in_shape, op.out_shape
     piece = _Piece(ti, node, role, op, tuple(node_shape), tuple(res_shape))
+    if isinstance(op, ops.Scaled):  # batch norm folded: the node's atoms scaled per channel
+        piece.scale = op.scale
+        op = op.inner
     if len(node_shape) != 3 or len(res_shape) != 3 or isinstance(op, ops.Dense):
         return piece
     transposed = role == "synth"
@@ -563,6 +577,8 @@ class _StructuredGram:
                     total = total + torch.einsum("cab,ya,xb->cyx", energy, vy, vx)
                 else:
                     keep = torch.as_tensor(piece.sel >= 0, dtype=dtype, device=device)
+                    if piece.scale is not None:
+                        keep = keep * piece.scale.to(dtype=dtype, device=device).square()
                     total = total + keep[:, None, None] * (vy[:, 0, None] * vx[None, :, 0])
             out[j] = total
         return out
@@ -656,8 +672,9 @@ class _StructuredGram:
                     if ps.parametrised or po.parametrised:
                         s1, o1 = ps.support_piece(), po.support_piece()
                         supp += o1.transpose(_abs_column(s1, e)).flatten(1).abs()
-                    else:
-                        const += po.transpose(ps.column(e.to(self.d.dtype))).flatten(1).double()
+                    else:  # the architecture's constants: channel scales left out
+                        s1, o1 = ps.support_piece(), po.support_piece()
+                        const += o1.transpose(s1.column(e.to(self.d.dtype))).flatten(1).double()
             hit = (supp > 0) | (const != 0)
             if block.ia == block.ib:
                 idx = torch.arange(i0, i1, device=self.d.device)
@@ -918,19 +935,31 @@ def _tap_products(
         # bmm is pathologically slow on strided views: hand it contiguous operands.
         ka = gathered(pa, 0)[:, c0:c1].contiguous()
         return torch.bmm(ka, gathered(pb, 1, transpose=True))
+    # a selection piece of a scaled synthesis block contributes its scale per channel
+    scale_a = None if pa.scale is None else pa.scale[c0:c1].to(dtype=dtype, device=device)
+    scale_b = None if pb.scale is None else pb.scale.to(dtype=dtype, device=device)
     if pa.learned:
         ka = gathered(pa, 0)[:, c0:c1]  # (L, c, i)
         if _is_identity(pb.sel, ka.shape[2]):
-            return ka
-        sel = torch.as_tensor(pb.sel, device=device)
-        return ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+            q = ka
+        else:
+            sel = torch.as_tensor(pb.sel, device=device)
+            q = ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+        return q if scale_b is None else q * scale_b
     if pb.learned:
         kb = gathered(pb, 1, transpose=True)  # (L, i, c')
         if c0 == 0 and _is_identity(pa.sel[c0:c1], kb.shape[1]):
-            return kb
-        sel = torch.as_tensor(pa.sel[c0:c1], device=device)
-        return kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
-    return _select_select(pa.sel[c0:c1], pb.sel, dtype, device)[None]
+            q = kb
+        else:
+            sel = torch.as_tensor(pa.sel[c0:c1], device=device)
+            q = kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
+        return q if scale_a is None else q * scale_a[None, :, None]
+    q = _select_select(pa.sel[c0:c1], pb.sel, dtype, device)
+    if scale_a is not None:
+        q = q * scale_a[:, None]
+    if scale_b is not None:
+        q = q * scale_b[None, :]
+    return q[None]
 
 
 def _is_identity(sel: np.ndarray, size: int) -> bool:
@@ -1250,14 +1279,45 @@ def deep_frame_potential(
 
         DFP(D) = (1 / N_nz) sum_{(i, j) in S} G_ij^2 = (FP(D) - N') / N_nz
 
-    ``S`` is the set of ordered off-diagonal pairs ``(i, j)``, ``i != j``, whose
-    Gram entry is nonzero for *some* weights of the architecture (for a global
-    dictionary: the atoms' supports overlap in some term and the contributions
-    are not parameter-free ones that cancel), ``N_nz = |S|`` counts both
-    ``(i, j)`` and ``(j, i)``, ``N'`` is the number of nonzero atoms. Since
-    ``mu^2`` is the maximum of what is averaged, ``DFP <= mu^2``. For a plain
-    matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, ``i != j``
-    (all pairs for a generic dense matrix: ``DFP = (FP - N) / (N (N - 1))``).
+    with ``G = D_n^T D_n`` the Gram of the unit-norm columns. Precisely:
+
+    * **which entries**: ``S``, the ordered off-diagonal pairs ``(i, j)``,
+      ``i != j``, whose Gram entry is nonzero for *some* weights of the
+      architecture (for a global dictionary: the atoms' supports overlap in
+      some term and the contributions are not parameter-free ones that
+      cancel); ``N_nz = |S|`` counts ``(i, j)`` and ``(j, i)`` separately. For
+      a plain matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, all
+      pairs for a generic dense matrix, giving the classical mean
+      ``(FP - N) / (N (N - 1))``.
+    * **squared**: the entries ``G_ij^2`` are averaged, not ``|G_ij|``: the
+      frame potential ``FP = ||G||_F^2`` is a sum of squares (smooth in the
+      weights, and the quantity Welch-type bounds control). ``sqrt(DFP)`` is
+      the root-mean-square inner product of two atoms that can interact.
+    * **diagonal excluded**: ``G_ii = 1`` for every nonzero atom (0 for a zero
+      column), a constant ``N'`` that says nothing about the atoms' mutual
+      geometry; removing it is the ``- N'``.
+    * **why ``N_nz``, not ``N (N - 1)``**: every entry outside ``S`` is zero for
+      all weights, so it is forced by the architecture, not achieved by it;
+      averaging over ``S`` only measures the inner products the weights
+      control, and does not credit sparse connectivity for its structural
+      zeros. This is the "average nonzero magnitude of inner products between
+      atoms" of Murdock & Lucey (CVPR 2020), in its squared form.
+
+    Relation to the coherence: ``mu^2 = max_{i != j} G_ij^2`` is the largest of
+    the averaged numbers (entries outside ``S`` are zero), so
+
+        mu^2 >= DFP = (FP - N') / N_nz,
+
+    and with any lower bound ``FP >= FP_lb`` (:func:`lower_bounds`),
+    ``mu^2 >= (FP_lb - N') / N_nz``. Model selection uses the minimum over
+    the weights, ``DFP* = min_W DFP(D(W))``: every weight setting of the
+    architecture has ``mu(W)^2 >= DFP(W) >= DFP*``, so ``sqrt(DFP*)`` lower-bounds
+    the coherence the architecture can reach, and architectures are compared
+    by it without data (:func:`minimize_frame_potential` approximates
+    ``DFP*`` from above by gradient descent).
+
+    For a batch-norm folded dictionary (``column_scales``) ``S`` is the
+    architecture's: the channel scales change values, not supports.
 
     Parameters
     ----------
@@ -1437,6 +1497,15 @@ def minimize_frame_potential(
     differentiating through the exact structured (or dense) computation. The
     objective is invariant to the scale of each atom, so only the directions of
     the atoms move. No data is involved.
+
+    The paper's model-selection criterion is the minimum ``DFP* = min_W
+    DFP(W)`` (see :func:`deep_frame_potential` for the normalisation): since
+    ``mu(W)^2 >= DFP(W) >= DFP*`` for all weights, a lower ``DFP*`` is a lower
+    floor on the coherence the architecture can reach. The problem is not
+    convex: the returned ``final`` DFP is an upper estimate of ``DFP*``
+    (reached from one seed in ``steps`` steps), so compare architectures with
+    the same ``steps``, ``lr`` and seeds, and read ``sqrt(final)`` as an
+    estimate, not a certified bound, of that floor.
 
     Parameters
     ----------

@@ -92,36 +92,6 @@ class Trace:
     node_errors: dict
 
 
-class _Scaled(ops.Operator):
-    """``S A`` for a per-channel scale ``s`` of the destination (batch-norm folding)."""
-
-    def __init__(self, op: ops.Operator, scale: torch.Tensor):
-        super().__init__(op.in_shape, op.out_shape)
-        self.inner, self.weight = op, op.weight
-        self.scale = scale.reshape(*scale.shape, *([1] * (len(op.out_shape) - 1)))
-
-    def forward(self, x):
-        return self.inner.forward(x) * self.scale
-
-    def adjoint(self, y):
-        return self.inner.adjoint(y * self.scale)
-
-    def sqnorm_bound(self, scale=None):
-        """``max_c s_c^2`` times the inner operator's bound (``scale`` must be None).
-
-        ``||S A||^2 <= ||S||^2 ||A||^2 = max_c s_c^2 ||A||^2``. Folding the scale
-        channel by channel into the kernel would give a tighter bound, but the
-        larger steps it allows made layered pursuit with batch norm lose its
-        last layer early in training (measured on digits, L-BP T = 4: three
-        seeds, one stuck at chance); this bound keeps the step of the
-        feed-forward-scaled problem conservative, as the seed paper's
-        ``gamma_j = 1 / L_j`` initialisation intends.
-        """
-        if scale is not None:
-            raise ValueError("_Scaled.sqnorm_bound: the operator is already scaled")
-        return self.inner.sqnorm_bound() * self.scale.detach().to(torch.float64).square().max()
-
-
 def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``value`` (float64) converted to ``dtype``, rounded towards +infinity."""
     value = torch.as_tensor(value, dtype=torch.float64)
@@ -283,11 +253,36 @@ class PursuitNet(nn.Module):
         return [spec.build(weights) for spec in self._specs]
 
     def dictionary(self) -> GlobalDictionary:
-        """The :class:`GlobalDictionary` of the current weights and lambdas (detached).
+        """The dictionary the solver solves in eval mode (detached): batch norm folded.
 
-        Batch norm, where used, scales the columns of a node's synthesis blocks
-        during pursuit; that leaves every unit-norm geometric quantity unchanged,
-        and is not part of this dictionary.
+        A node with batch norm normalises its feed-forward pre-activation with
+        the running statistics and is then folded into the problem (SPEC §4):
+        its synthesis blocks become ``B_t S_j``, ``S_j = diag(s_j)``, ``s_j =
+        gamma_j / sqrt(running_var_j + eps)`` (``column_scales``; its target
+        blocks ``-P_tj`` stay unscaled), and its penalty the effective
+        ``lambda_j = max(lambda_j + s_j mu_j, 0)`` with ``mu_j`` the running
+        mean. Without batch norm this is the dictionary of the weights and
+        ``lambda_j``. Because only the synthesis blocks scale, the normalised
+        columns differ from :meth:`unfolded_dictionary`'s, and so do its
+        coherence and frame potentials.
+
+        The objective the solver decreases is ``D.objective(net.normalize(x),
+        codes)``: the model's input normalisation (``mean``, ``std``) is applied
+        to ``x`` first. In training mode the solver folds the *batch*
+        statistics instead, which no fixed dictionary describes.
+        """
+        unfolded = self.unfolded_dictionary()
+        scales = {j: s.detach() for j, s in self._eval_scales().items()}
+        lambdas = dict(unfolded.lambdas)
+        for j, s in scales.items():
+            mean = getattr(self, f"bn_mean_{self._names[j]}")
+            lambdas[j] = F.relu(lambdas[j] + s * mean)
+        return GlobalDictionary(self.graph, unfolded.weights, lambdas, column_scales=scales)
+
+    def unfolded_dictionary(self) -> GlobalDictionary:
+        """The :class:`GlobalDictionary` of the weights and ``lambda_j`` alone (detached),
+        batch norm left out: what the solver solves for a model without batch norm,
+        and the architecture's dictionary at the trained weights otherwise.
         """
         weights = {k: w.detach() for k, w in self.weight_dict().items()}
         lambdas = {j: lam.detach() for j, lam in self.lambdas().items()}
@@ -312,7 +307,7 @@ class PursuitNet(nn.Module):
         if self._exact is not None and not self.training:
             return self._exact[(i, n)]
         if n is None:
-            op = terms[i].op if scale is None else _Scaled(terms[i].op, scale)
+            op = terms[i].op if scale is None else ops.Scaled(terms[i].op, scale)
             return op.sqnorm_bound()
         return terms[i].targets[n][1].sqnorm_bound()
 
@@ -320,7 +315,7 @@ class PursuitNet(nn.Module):
         """``(L_j, L_local_j)`` in ``dtype``, each rounded up from float64.
 
         ``scale`` is node j's batch-norm scale when ``terms`` are not folded yet
-        (``None`` once its synthesis operators are :class:`_Scaled`).
+        (``None`` once its synthesis operators are :class:`deepframe.ops.Scaled`).
 
         ``L_local_j = sum_{t: synth j} ||B_t S_j||^2`` (node j's own terms, L-BP)
         and ``L_j = L_local_j + sum_{t: j target} ||P_tj||^2`` (DP). Each
@@ -360,8 +355,8 @@ class PursuitNet(nn.Module):
             blocks = [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]
             for n, op in blocks:
                 if n is None and t.synth in scales:
-                    op = _Scaled(op, scales[t.synth])
-                if op.weight is None and not isinstance(op, _Scaled):
+                    op = ops.Scaled(op, scales[t.synth])
+                if op.weight is None and not isinstance(op, ops.Scaled):
                     values[(i, n)] = op.sqnorm_bound()  # exactly 1
                     continue
                 dense = op.todense().to(torch.float64)
@@ -493,7 +488,7 @@ class PursuitNet(nn.Module):
                     mean, var = a.mean(dims), a.var(dims, unbiased=False)
                 scale = gamma / torch.sqrt(var + _BN_EPS)
                 for i in self._synth_terms[j]:
-                    terms[i].op = _Scaled(terms[i].op, scale)
+                    terms[i].op = ops.Scaled(terms[i].op, scale)
                 threshold = lam + scale * mean
             else:
                 pre = a - lam.reshape(view)
@@ -546,7 +541,8 @@ class PursuitNet(nn.Module):
     def gradient(self, x: torch.Tensor, codes: Mapping) -> dict:
         """``{node: grad_j f}`` of the smooth part at ``codes`` (Eq. 15 / Eq. 18).
 
-        The same block gradient the solver uses; batch norm is not folded.
+        The same block gradient the solver uses, of :meth:`unfolded_dictionary`'s
+        problem (batch norm not folded); ``x`` is the raw input (normalised here).
         """
         xn = self.normalize(x)
         terms = self.terms()

@@ -329,3 +329,30 @@ def test_calling_an_operator_applies_forward():
         op = make()
         x = torch.randn((2, *op.in_shape), dtype=torch.float64)
         torch.testing.assert_close(op(x), op.forward(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", OPERATORS[::3])
+def test_scaled_operator_is_the_row_scaled_matrix(make):
+    """``Scaled(A, s)`` is ``diag(s) A`` (per output channel): dense, sparse, dot test."""
+    op = make()
+    g = torch.Generator().manual_seed(2)
+    scale = torch.rand(op.out_shape[0], generator=g, dtype=torch.float64) + 0.5
+    scaled = ops.Scaled(op, scale)
+    per_row = np.repeat(scale.numpy(), op.out_size // op.out_shape[0])
+    want = per_row[:, None] * _reference(op)
+    np.testing.assert_allclose(scaled.todense().double().numpy(), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(scaled.tosparse().toarray(), want, rtol=1e-13, atol=1e-13)
+    assert scaled.dottest() < 1e-12
+    assert float(scaled.sqnorm_bound()) >= np.linalg.norm(want, 2) ** 2
+    with pytest.raises(ValueError, match="shape"):
+        ops.Scaled(op, torch.ones(op.out_shape[0] + 1))
+
+
+def test_conv_bound_of_an_operator_that_reads_only_padding_is_zero():
+    """Stride 2 with padding 1 on a 1x1 map: every output reads a zero, A = 0."""
+    from deepframe.ops import Conv, conv_sqnorm_bound
+
+    w = torch.randn(2, 3, 1, 1, dtype=torch.float64)
+    op = Conv(w, (3, 1, 1), stride=2, padding=1)
+    assert float(op.todense().abs().max()) == 0.0
+    assert float(conv_sqnorm_bound(w, (1, 1), stride=2, padding=1)) == 0.0

@@ -745,3 +745,62 @@ def test_float64_compile_draws_exactly_the_seeded_dictionary_weights(name):
     net32 = df.compile(g, seed=3)
     for key, w in D.weights.items():
         assert torch.equal(net32.weight_dict()[key].detach(), w.float()), key
+
+
+# ---------------------------------------------------------------------------
+# the dictionary a batch-norm model reports is the one it solves
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["deep", "layered"])
+def test_batchnorm_model_reports_the_dictionary_it_solves(method):
+    from deepframe import geometry as geo
+
+    g = _with_batchnorm(df.resnet((2, 6, 6), 1, widths=(2, 3), bias=0.1))
+    net = df.compile(g, method=method, iterations=4, dtype=f64).eval()
+    _random_bn_statistics(net)
+    x = _x(net.input_shape, batch=2, seed=8)
+    with torch.no_grad():
+        codes, trace = net.encode(x, trace=True)
+    D = net.dictionary()
+    f = D.objective(net.normalize(x), D.flat(codes))
+    torch.testing.assert_close(f, trace.objective[-1], rtol=1e-10, atol=1e-10)
+    # independently: the dense folded matrix (synthesis rows scaled by hand)
+    unfolded = net.unfolded_dictionary()
+    A = unfolded.todense().numpy()
+    for j, c0, size in zip(unfolded.nodes, unfolded.col_offsets, unfolded.col_sizes):
+        name = net._names[j]
+        s = (net.bn_scale[name] / torch.sqrt(getattr(net, f"bn_var_{name}") + 1e-5)).detach()
+        per_column = np.repeat(s.numpy(), size // s.numel())
+        for t, r0, rows in zip(unfolded.terms, unfolded.row_offsets, unfolded.row_sizes):
+            if t.synth == j:
+                A[r0 : r0 + rows, c0 : c0 + size] *= per_column
+    np.testing.assert_allclose(D.todense().numpy(), A, rtol=1e-13, atol=1e-13)
+    y = D.target(net.normalize(x)).numpy()
+    w = D.flat(codes).numpy()
+    lam = np.concatenate(
+        [
+            np.repeat(
+                np.maximum(
+                    net.lambdas()[j].detach().numpy()
+                    + (
+                        net.bn_scale[net._names[j]]
+                        / torch.sqrt(getattr(net, f"bn_var_{net._names[j]}") + 1e-5)
+                        * getattr(net, f"bn_mean_{net._names[j]}")
+                    )
+                    .detach()
+                    .numpy(),
+                    0,
+                ),
+                int(np.prod(D.node_shapes[j][1:])),
+            )
+            for j in D.nodes
+        ]
+    )
+    r = y - w @ A.T
+    np.testing.assert_allclose(0.5 * (r**2).sum(1) + w @ lam, trace.objective[-1], rtol=1e-10)
+    # structured geometry of the folded dictionary equals the dense reference
+    s, d = geo.gram_metrics(D), geo.gram_metrics(D, method="dense")
+    assert s.coherence == pytest.approx(d.coherence, abs=1e-10)
+    assert s.frame_potential == pytest.approx(d.frame_potential, rel=1e-10)
+    assert s.deep_frame_potential == pytest.approx(d.deep_frame_potential, abs=1e-10)
+    # and it is not the unfolded dictionary's
+    assert s.frame_potential != pytest.approx(geo.frame_potential(unfolded), rel=1e-6)
