@@ -847,6 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
+    parser.set_defaults(subcommands=commands)
 
     def add(name, help_text, func, epilog=None):
         p = sub.add_parser(
@@ -858,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
         p.set_defaults(func=func)
+        commands[name] = p
         return p
 
     def arch(p, optional=False):
@@ -1131,7 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0 success, 1 failure, 2 bad input)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand, whose options they are not
+            args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as stop:  # --help, --version and argument errors
         return int(stop.code or 0) if not isinstance(stop.code, str) else EXIT_USAGE
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "").lower() in (
