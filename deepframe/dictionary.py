@@ -1,4 +1,4 @@
-"""Compilation of an architecture graph into its global dictionary (SPEC §3).
+"""Compilation of an architecture graph into its global dictionary (docs/concepts.md).
 
 The global non-negative LASSO of a network is
 
@@ -20,11 +20,20 @@ Stacking all terms gives ``r = y - D w``: row block ``t`` of ``D`` holds
 ``y`` holds the input's contributions. Column blocks follow
 :func:`deepframe.graph.activation_nodes`; row blocks follow the terms in the
 order of their synthesis node, then their target's name.
+
+Memory. Everything that allocates by the size of an architecture (weight
+initialisation, :func:`deepframe.compile`, the geometry) first estimates the
+bytes it needs (:func:`estimate_memory`) and refuses with
+:class:`MemoryBudgetError`, stating the estimate, when that exceeds the
+memory budget: the ``memory_budget`` argument, else the environment variable
+``DEEPFRAME_MEMORY_BUDGET`` (``"16G"``, ``"512M"``, bytes), else
+:data:`DEFAULT_MEMORY_BUDGET` (2 GiB).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,9 +41,19 @@ import networkx as nx
 import torch
 
 from . import ops
+from ._io import format_bytes, parse_size
 from .graph import activation_nodes, input_node, validate
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MEMORY_BUDGET_ENV",
+    "MemoryBudgetError",
+    "MemoryEstimate",
+    "check_memory",
+    "estimate_memory",
+    "format_bytes",
+    "parse_size",
+    "resolve_memory_budget",
     "Term",
     "GlobalDictionary",
     "dictionary",
@@ -47,6 +66,36 @@ __all__ = [
     "random_weights",
     "node_lambdas",
 ]
+
+
+#: Bytes a single call may allocate by default (raise it per call with
+#: ``memory_budget=``, or for every call with ``DEEPFRAME_MEMORY_BUDGET``).
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: Environment variable that sets the memory budget when no argument does.
+MEMORY_BUDGET_ENV = "DEEPFRAME_MEMORY_BUDGET"
+
+
+class MemoryBudgetError(MemoryError, ValueError):
+    """A request would need more memory than the budget; the message states the estimate."""
+
+
+def resolve_memory_budget(memory_budget: int | str | None = None) -> int:
+    """The budget in bytes: the argument, else ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+
+    Raises
+    ------
+    ValueError
+        The argument or the environment variable is not a positive size.
+    """
+    if memory_budget is not None:
+        return parse_size(memory_budget)
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {MEMORY_BUDGET_ENV}: {exc}") from None
 
 
 def edge_key(k, j) -> str:
@@ -140,8 +189,17 @@ def random_weights(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    memory_budget: int | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator."""
+    """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator.
+
+    Raises
+    ------
+    MemoryBudgetError
+        The weights would need more than the memory budget (see
+        :func:`check_memory`); nothing is allocated.
+    """
+    check_memory(g, "weights", dtype=dtype, memory_budget=memory_budget)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights = {}
     for key, (shape, fan_in) in parameter_shapes(g).items():
@@ -232,7 +290,7 @@ def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
 
 
 def term_specs(g: nx.DiGraph) -> list[TermSpec]:
-    """The residual terms of a validated graph, without weights (SPEC §3).
+    """The residual terms of a validated graph, without weights (docs/concepts.md).
 
     Edge-centric node ``j``: one term per incoming edge ``k -> j`` (synthesis by the
     edge operator, target ``w_k`` or ``x`` through the identity). Node-centric node
@@ -266,15 +324,183 @@ def term_specs(g: nx.DiGraph) -> list[TermSpec]:
 
 
 def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
-    """The residual terms of a validated graph with the given weights (SPEC §3)."""
+    """The residual terms of a validated graph with the given weights (docs/concepts.md)."""
     return [spec.build(weights) for spec in term_specs(g)]
+
+
+# --------------------------------------------------------------------------
+# memory estimates
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Sizes of a validated architecture that set what its tensors cost (entries, not bytes).
+
+    Attributes
+    ----------
+    weights : int
+        Learned weight entries (all edges and node operators).
+    largest_weight : tuple
+        ``(key, shape)`` of the largest weight tensor, ``(None, ())`` if none.
+    atoms, rows : int
+        ``N`` (code entries, columns of ``D``) and ``n`` (residual entries, rows).
+    conv_atoms : int
+        Atoms of ``(C, H, W)`` nodes.
+    max_taps : int
+        Largest ``kernel_size ** 2`` of an operator between ``(C, H, W)`` maps.
+    explicit : int
+        Entries of the largest explicit operator block the geometry forms for
+        an operator that touches a vector node: ``m * m + m * M`` with ``m``,
+        ``M`` the smaller and larger of its input and output sizes.
+    full_block : int
+        Largest ``N_a * N_b`` over the Gram blocks of node pairs that share a
+        term with an operator touching a vector node (evaluated row by row).
+    power : int
+        Entries of the power-iteration vectors of a compiled solver (one per
+        parametrised operator, of its synthesis node's size).
+    largest_term : int
+        Entries of the largest residual term.
+    """
+
+    weights: int
+    largest_weight: tuple
+    atoms: int
+    rows: int
+    conv_atoms: int
+    max_taps: int
+    explicit: int
+    full_block: int
+    power: int
+    largest_term: int
+
+    def bytes(self, what: str, itemsize: int = 8, memory_budget: int | None = None) -> int:
+        """Estimated peak bytes of an operation, ``itemsize`` bytes per entry.
+
+        ``"weights"`` (:func:`random_weights`: every weight at ``itemsize``
+        plus two float64 temporaries of the largest), ``"compile"``
+        (:func:`deepframe.compile`: the weights, their float64 draw, the
+        power-iteration vectors and two term-sized temporaries) and
+        ``"metrics"`` (the structured geometry's float64 work buffers beyond
+        the weights: ``6 + max_taps / 2`` entries per conv atom, plus the
+        largest explicit block, plus 9 entries per pair of the largest
+        row-by-row Gram block, which is chunked to at most a quarter of
+        ``memory_budget``). Measured peaks (``ru_maxrss``, torch 2.13, CPU)
+        were 34-155 bytes per conv atom for kernels 1-7, 0.55-0.9 times this
+        estimate.
+        """
+        largest = math.prod(self.largest_weight[1]) if self.largest_weight[0] else 0
+        draw = 2 * 8 * largest
+        if what == "weights":
+            return self.weights * itemsize + draw
+        if what == "compile":
+            return (self.weights + self.power + 2 * self.largest_term) * itemsize + draw
+        if what == "metrics":
+            rows = 9 * 8 * self.full_block
+            if memory_budget is not None:
+                rows = min(rows, memory_budget // 4)
+            return int(8 * (self.conv_atoms * (6 + self.max_taps / 2) + self.explicit) + rows)
+        raise ValueError(f"unknown memory estimate {what!r}; expected weights, compile or metrics")
+
+
+def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
+    """The sizes of a validated graph that set its memory cost, without allocating a tensor."""
+    shapes = parameter_shapes(g)
+    weights = sum(math.prod(shape) for shape, _ in shapes.values())
+    largest = max(shapes.items(), key=lambda kv: math.prod(kv[1][0]), default=(None, ((), 0)))
+    node_sizes = {j: math.prod(g.nodes[j]["shape"]) for j in activation_nodes(g)}
+    conv_atoms = sum(node_sizes[j] for j in node_sizes if len(g.nodes[j]["shape"]) == 3)
+    specs = term_specs(g)
+    max_taps, explicit, full_block, power, largest_term = 1, 0, 0, 0, 0
+    for spec in specs:
+        largest_term = max(largest_term, math.prod(spec.op.in_shape))
+        ops_ = [spec.op, *(p for _, p in spec.targets)]
+        for op in ops_:
+            n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
+            if len(op.in_shape) == 3 and len(op.out_shape) == 3:
+                max_taps = max(max_taps, op.kernel_size**2)
+            else:
+                small, big = min(n_in, n_out), max(n_in, n_out)
+                explicit = max(explicit, small * small + small * big)
+            if op.weight_key is not None:
+                power += n_out
+        if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
+            sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
+            full_block = max(full_block, max(sizes) ** 2)
+    return MemoryEstimate(
+        weights=weights,
+        largest_weight=(largest[0], tuple(largest[1][0])),
+        atoms=sum(node_sizes.values()),
+        rows=sum(math.prod(spec.op.in_shape) for spec in specs),
+        conv_atoms=conv_atoms,
+        max_taps=max_taps,
+        explicit=explicit,
+        full_block=full_block,
+        power=power,
+        largest_term=largest_term,
+    )
+
+
+_WHAT = {
+    "weights": "initialising the weights",
+    "compile": "compiling the solver",
+    "metrics": "the structured geometry",
+}
+
+
+def check_memory(
+    g: nx.DiGraph,
+    what: str,
+    *,
+    dtype: torch.dtype = torch.float64,
+    memory_budget: int | str | None = None,
+) -> int:
+    """Refuse an operation whose estimated memory exceeds the budget; return the estimate.
+
+    Parameters
+    ----------
+    g : networkx.DiGraph
+        Validated architecture.
+    what : {"weights", "compile", "metrics"}
+        The operation (see :meth:`MemoryEstimate.bytes`).
+    dtype : torch.dtype
+        Of the tensors the operation makes.
+    memory_budget : int or str, optional
+        Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+
+    Raises
+    ------
+    MemoryBudgetError
+        With the estimate, what dominates it, the budget and what to do.
+    """
+    budget = resolve_memory_budget(memory_budget)
+    estimate = estimate_memory(g)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = estimate.bytes(what, itemsize, budget)
+    if need <= budget:
+        return need
+    key, shape = estimate.largest_weight
+    if what == "metrics":
+        detail = f"{estimate.atoms:,} atoms, {estimate.conv_atoms:,} of them in conv maps"
+        advice = "use a smaller input shape or narrower layers"
+    else:
+        detail = f"{estimate.weights:,} learned weights"
+        if key is not None:
+            detail += f", the largest {key!r} of shape {'x'.join(map(str, shape))}"
+        if what == "compile":
+            detail += f", and {estimate.power:,} power-iteration entries"
+        advice = "use narrower layers, a smaller input shape or fewer dense features"
+    raise MemoryBudgetError(
+        f"{_WHAT[what]} needs about {format_bytes(need)} ({detail}), more than the memory "
+        f"budget of {format_bytes(budget)}: {advice}, or raise the budget (memory_budget=, "
+        f"{MEMORY_BUDGET_ENV}=32G, or --memory-budget 32G on the command line) if the "
+        "machine has the memory"
+    )
 
 
 # --------------------------------------------------------------------------
 # the global dictionary
 # --------------------------------------------------------------------------
 class GlobalDictionary:
-    """The structured global dictionary ``D`` of an architecture (SPEC §3, Eq. 12/16).
+    """The structured global dictionary ``D`` of an architecture (docs/concepts.md, Eq. 12/16).
 
     A real linear operator from codes ``w`` (``N`` entries, column blocks =
     activation nodes) to residual space (``n`` entries, row blocks = terms),
@@ -650,6 +876,7 @@ def dictionary(
     weights: Mapping | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    memory_budget: int | str | None = None,
 ) -> GlobalDictionary:
     """The global dictionary of ``graph`` (validated first).
 
@@ -663,10 +890,21 @@ def dictionary(
         ``{key: tensor}`` as :func:`parameter_shapes` lists.
     dtype, device :
         Of the random weights.
+    memory_budget : int or str, optional
+        Cap on the random weights' memory (see :func:`check_memory`).
+
+    Raises
+    ------
+    ArchitectureError
+        The graph is invalid.
+    MemoryBudgetError
+        The random weights would exceed the memory budget.
     """
     g = validate(graph)
     if weights is None:
-        weights = random_weights(g, seed=seed, dtype=dtype, device=device)
+        weights = random_weights(
+            g, seed=seed, dtype=dtype, device=device, memory_budget=memory_budget
+        )
     return GlobalDictionary(
         g, weights, dtype=dtype if not weights else None, device=device if not weights else None
     )

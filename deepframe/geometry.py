@@ -1,4 +1,4 @@
-"""Geometry of the global dictionary: Welch bounds, mutual coherence, frame potentials (SPEC §5).
+"""Geometry of the global dictionary: Welch bounds, mutual coherence, frame potentials.
 
 All metrics are of the global dictionary ``D`` *with unit-norm columns*
 ``d_i / ||d_i||`` (a column that is exactly zero stays zero), for a given
@@ -32,7 +32,7 @@ Two implementations sit behind ``method=``:
     target block ``P``; taps that leave the map are dropped: zero padding).
     Hence ``G[(c,y,x), (c',y',x')] = sum_{taps} Q[c, c', taps] T_y[y, y', alpha,
     alpha'] T_x[x, x', beta, beta']`` with ``Q = sum_i K_a K_b`` (one batched
-    matmul per tap pair) and ``T`` the per-axis window matrices of SPEC §5
+    matmul per tap pair) and ``T`` the per-axis window matrices of docs/geometry.md
     ("``M_x Q M_y^T``"). Along each axis the pairs ``(y, y')`` are grouped into
     classes with the same tap pattern and the same atom-norm classes: in the
     interior one class per offset ``y' - y``, plus the few border classes
@@ -61,7 +61,15 @@ import numpy as np
 import torch
 
 from . import ops
-from .dictionary import GlobalDictionary, dictionary, random_weights
+from .dictionary import (
+    DEFAULT_MEMORY_BUDGET,
+    GlobalDictionary,
+    MemoryBudgetError,
+    check_memory,
+    dictionary,
+    random_weights,
+    resolve_memory_budget,
+)
 from .graph import validate
 
 __all__ = [
@@ -81,14 +89,15 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
 ]
 
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-"""Default cap (bytes) on the dense reference's Gram and on structured work buffers."""
+# DEFAULT_MEMORY_BUDGET (2 GiB, from deepframe.dictionary): the default cap on the dense
+# reference's Gram and on structured work buffers; memory_budget=None means that default
+# or the environment variable DEEPFRAME_MEMORY_BUDGET.
 
 METHODS = ("structured", "dense")
 FIELDS = ("real", "complex")
 
 
-class GramTooLargeError(MemoryError, ValueError):
+class GramTooLargeError(MemoryBudgetError):
     """The dense Gram would not fit the memory budget (use ``method="structured"``)."""
 
 
@@ -502,9 +511,10 @@ class _StructuredGram:
     serves every step of :func:`minimize_frame_potential`.
     """
 
-    def __init__(self, d: GlobalDictionary, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, d: GlobalDictionary, *, memory_budget: int | str | None = None):
         self.d = d
-        self.memory_budget = int(memory_budget)
+        self.memory_budget = resolve_memory_budget(memory_budget)
+        check_memory(d.graph, "metrics", dtype=d.dtype, memory_budget=self.memory_budget)
         self.node_index = {j: i for i, j in enumerate(d.nodes)}
         self.pieces: dict = {j: [] for j in d.nodes}
         term_pieces = []
@@ -747,7 +757,7 @@ class _StructuredGram:
         mult_x = torch.as_tensor(ax.mult, dtype=dtype, device=device)
         # Entry (c, c') of class pair (p, q):
         #   R = sum_contributions sign sum_{ly in window_y[p]} sum_{lx in window_x[q]} Q[ly, lx]
-        # (SPEC §5's M_y Q M_x^T). A y-class uses at most kernel_size taps: sum those
+        # (docs/geometry.md's M_y Q M_x^T). A y-class uses at most kernel_size taps: sum those
         # slices of Q, then one small GEMM with the x windows. In a diagonal block the
         # class pair of (y', y), (x', x) holds the transposed entries of that of (y, y'),
         # (x, x'): evaluate the y-classes p <= mirror(p) only, the others by weight 2.
@@ -980,9 +990,10 @@ def _dense_matrix(d: GlobalDictionary, memory_budget: int) -> torch.Tensor:
     return d.matvec(eye).T.to(torch.float64)
 
 
-def _check_dense_budget(big_n: int, n: int, itemsize: int, memory_budget: int) -> None:
+def _check_dense_budget(big_n: int, n: int, itemsize: int, memory_budget: int | None) -> None:
     # D, its normalised copy and two N x N arrays (the Gram, and the identity batch
     # or the structure pattern)
+    memory_budget = resolve_memory_budget(memory_budget)
     need = itemsize * (2 * big_n * big_n + 2 * n * big_n)
     if need > memory_budget:
         raise GramTooLargeError(
@@ -1132,7 +1143,7 @@ def gram_metrics(
     order: int = 1,
     deep: bool = True,
     details: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> GramMetrics:
     """Coherence, frame potential and deep frame potential of ``D`` in one pass.
 
@@ -1150,9 +1161,11 @@ def gram_metrics(
         Also compute the structural count ``N_nz`` and the deep frame potential.
     details : bool
         Also return the per-block breakdown (:attr:`GramMetrics.blocks`).
-    memory_budget : int
-        Bytes; the dense method refuses (:class:`GramTooLargeError`) beyond it,
-        the structured method sizes its work chunks by it.
+    memory_budget : int or str, optional
+        Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+        The dense method refuses (:class:`GramTooLargeError`) beyond it; the
+        structured method refuses (:class:`~deepframe.dictionary.MemoryBudgetError`)
+        when its estimated work buffers exceed it, and sizes its chunks by it.
 
     Returns
     -------
@@ -1226,17 +1239,15 @@ def _structured_metrics(
     return GramMetrics(mu, fp, dfp, big_n, n, nonzero, n_nz, attained, blocks, "structured", order)
 
 
-def mutual_coherence(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
-) -> float:
+def mutual_coherence(D, *, method: str = "structured", memory_budget: int | None = None) -> float:
     """Mutual coherence ``mu(D) = max_{i != j} |<d_i, d_j>| / (||d_i|| ||d_j||)``.
 
     Parameters
     ----------
     D : GlobalDictionary, torch.Tensor or numpy.ndarray
     method : ``"structured"`` (default, exact, never forms the Gram) or ``"dense"``
-    memory_budget : int
-        Bytes the dense method may use for the Gram.
+    memory_budget : int or str, optional
+        Bytes the method may use (see :func:`gram_metrics`).
 
     Returns
     -------
@@ -1246,7 +1257,7 @@ def mutual_coherence(
 
 
 def frame_potential(
-    D, *, k: int = 1, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, k: int = 1, method: str = "structured", memory_budget: int | None = None
 ) -> float:
     """Frame potential of the unit-norm atoms: ``FP = ||G||_F^2 = sum_{i,j} |G_ij|^2``.
 
@@ -1273,7 +1284,7 @@ def frame_potential(
 
 
 def deep_frame_potential(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, method: str = "structured", memory_budget: int | None = None
 ) -> float:
     """Deep frame potential: mean squared Gram entry over the structurally nonzero pairs.
 
@@ -1336,7 +1347,7 @@ def deep_frame_potential(
 
 
 def coherence_breakdown(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, method: str = "structured", memory_budget: int | None = None
 ) -> list[dict]:
     """Per block pair ``(a, b)`` of nodes: the largest ``|G_ij|`` and where it is attained.
 
@@ -1375,7 +1386,7 @@ def _as_dictionary(graph_or_D):
 
 
 def lower_bounds(graph_or_D, *, orders: tuple = (1,), field: str = "real") -> dict:
-    """Welch and structured (architecture-dependent) lower bounds (SPEC §5).
+    """Welch and structured (architecture-dependent) lower bounds (docs/geometry.md).
 
     With ``N`` atoms (structurally nonzero columns), ``n`` rows, ``N_j`` atoms
     of node ``j`` and ``r_j = min(N_j, rows where column block j is
@@ -1483,7 +1494,7 @@ def minimize_frame_potential(
     method: str = "structured",
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> FramePotentialResult:
     """Minimum deep frame potential of an architecture by gradient descent over its weights.
 
@@ -1519,7 +1530,8 @@ def minimize_frame_potential(
         Where to compute (default CPU). With float64 the result does not depend
         on it beyond rounding.
     dtype : torch.dtype
-    memory_budget : int
+    memory_budget : int or str, optional
+        See :func:`gram_metrics`.
 
     Returns
     -------
@@ -1532,7 +1544,9 @@ def minimize_frame_potential(
         raise ValueError(f"lr must be positive, got {lr!r}")
     g = validate(graph)
     device = torch.device(device if device is not None else "cpu")
-    initial = random_weights(g, seed=seed, dtype=torch.float64, device="cpu")
+    initial = random_weights(
+        g, seed=seed, dtype=torch.float64, device="cpu", memory_budget=memory_budget
+    )
     params = {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in initial.items()}
     d = GlobalDictionary(g, params)
     if method == "structured":
@@ -1588,7 +1602,7 @@ def metrics_report(
     weights: Mapping | None = None,
     orders: tuple = (1, 2),
     details: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> dict:
     """All geometry of one dictionary as a JSON-serialisable dict (``deepframe metrics``).
 
@@ -1605,7 +1619,8 @@ def metrics_report(
         Orders of the Welch bounds to report.
     details : bool
         Include the per-block breakdown.
-    memory_budget : int
+    memory_budget : int or str, optional
+        See :func:`gram_metrics`.
 
     Returns
     -------
@@ -1619,7 +1634,7 @@ def metrics_report(
     if isinstance(graph_or_D, GlobalDictionary):
         d = graph_or_D
     elif isinstance(graph_or_D, nx.DiGraph):
-        d = dictionary(graph_or_D, seed=seed, weights=weights)
+        d = dictionary(graph_or_D, seed=seed, weights=weights, memory_budget=memory_budget)
     else:
         raise TypeError(
             f"metrics_report needs a graph or a GlobalDictionary, got {type(graph_or_D).__name__}"

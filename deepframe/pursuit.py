@@ -1,4 +1,4 @@
-"""Pursuit solvers compiled from architecture graphs (SPEC §4).
+"""Pursuit solvers compiled from architecture graphs (docs/solvers.md).
 
 ``compile(graph, method=..., iterations=T)`` returns a :class:`PursuitNet`, a
 ``torch.nn.Module`` that approximately solves the global non-negative LASSO
@@ -744,6 +744,9 @@ def compile(
     if beta != "learned" and not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
         raise ValueError(f"compile: beta must be in (0, 1] or 'learned', got {beta!r}")
     g = validate(graph)
+    from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
+
+    check_memory(g, "compile", dtype=dtype)
     if method == "feedforward":
         iterations = 0
     net = PursuitNet(
