@@ -39,7 +39,8 @@ def claims_markdown(claims: list[dict]) -> list[str]:
             cells.append("<br>".join(f"{p['quantity']}: {_interval(p)}" for p in parts))
             cells.append(VERDICT[c["verdict"][attack]])
         claim = c["claim"] + f" (Fig. {c['figure']})" + (f" - {c['note']}" if c.get("note") else "")
-        lines.append(f"| {k} | {claim} | " + " | ".join(cells) + " |")
+        row = [str(k), claim, *cells]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return lines
 
 
