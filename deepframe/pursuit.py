@@ -213,8 +213,8 @@ class PursuitNet(nn.Module):
         shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
         mean = torch.zeros(self.input_shape[0]) if mean is None else torch.as_tensor(mean)
         std = torch.ones(self.input_shape[0]) if std is None else torch.as_tensor(std)
-        self.register_buffer("input_mean", mean.float().reshape(shape).clone())
-        self.register_buffer("input_std", std.float().reshape(shape).clone())
+        self.register_buffer("input_mean", mean.to(torch.float64).reshape(shape).clone())
+        self.register_buffer("input_std", std.to(torch.float64).reshape(shape).clone())
 
         # Structure of the terms (weights-independent): which terms touch which node.
         self._specs = term_specs(graph)
