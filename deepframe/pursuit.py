@@ -211,8 +211,16 @@ class PursuitNet(nn.Module):
             self.head.bias.zero_()
 
         shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
-        mean = torch.zeros(self.input_shape[0]) if mean is None else torch.as_tensor(mean)
-        std = torch.ones(self.input_shape[0]) if std is None else torch.as_tensor(std)
+        mean = (
+            torch.zeros(self.input_shape[0])
+            if mean is None
+            else torch.as_tensor(mean, dtype=torch.float64)
+        )
+        std = (
+            torch.ones(self.input_shape[0])
+            if std is None
+            else torch.as_tensor(std, dtype=torch.float64)
+        )
         self.register_buffer("input_mean", mean.to(torch.float64).reshape(shape).clone())
         self.register_buffer("input_std", std.to(torch.float64).reshape(shape).clone())
 
