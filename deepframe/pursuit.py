@@ -71,14 +71,17 @@ _BETA_INIT = 1.0 - 1e-4  # beta = exp(-softplus(rho)) cannot reach 1: learned be
 class Trace:
     """What happened at each iteration of a pursuit (the seed's Fig. 8).
 
-    Index 0 is the feed-forward initialisation, index ``t`` the state after
-    iteration (sweep) ``t``.
+    Index 0 is the feed-forward state (the codes of ``method="feedforward"``)
+    for every method, index ``t`` the state after iteration (sweep) ``t``; for
+    L-BP, every node's ``t``-th local iterate. The seed paper counts the
+    feed-forward pass as its first iteration: its ``T`` is this ``T + 1``.
 
     Attributes
     ----------
     objective : torch.Tensor
         ``(T + 1, B)``: ``F(w^[t])`` per sample (with the effective, batch-norm
-        folded dictionary and lambdas the solver used).
+        folded dictionary and lambdas the solver used: in eval mode
+        ``net.dictionary().objective(net.normalize(x), codes)``).
     term_errors : dict
         ``{term name: (T + 1, B)}``: ``||r_t||^2 / ||target_t||^2`` where
         ``target_t = sum_k P_tk w_k + P x`` is what the term reconstructs.
