@@ -695,7 +695,10 @@ class GlobalDictionary:
 
     # -- the problem ----------------------------------------------------------
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``."""
+        """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``.
+
+        ``x`` as the dictionary sees it (for a compiled model: ``net.normalize(x)``).
+        """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected inputs of shape (B, {self.input_shape}), got {tuple(x.shape)}"
@@ -724,7 +727,13 @@ class GlobalDictionary:
     def objective(self, x: torch.Tensor, w) -> torch.Tensor:
         """``F(w) = 1/2 ||y - D w||^2 + sum_j <lambda_j, w_j>`` per sample: ``(B,)``.
 
-        ``w`` is ``(B, N)`` or a codes mapping ``{node: (B, *shape)}``.
+        ``w`` is ``(B, N)`` or a codes mapping ``{node: (B, *shape)}``. ``x`` is
+        the signal the dictionary reconstructs, ``y = target(x)``, exactly as
+        given: no normalisation happens here. For a compiled model with input
+        normalisation (``compile(..., mean=, std=)``), whose pursuit runs on
+        ``(x - mean) / std``, pass ``net.normalize(x)``:
+        ``net.dictionary().objective(net.normalize(x), codes)`` is the
+        objective the solver decreases (its trace's ``objective``).
         """
         codes = w if isinstance(w, Mapping) else self.codes(w)
         smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in self.residuals(x, codes))

@@ -71,14 +71,17 @@ _BETA_INIT = 1.0 - 1e-4  # beta = exp(-softplus(rho)) cannot reach 1: learned be
 class Trace:
     """What happened at each iteration of a pursuit (the seed's Fig. 8).
 
-    Index 0 is the feed-forward initialisation, index ``t`` the state after
-    iteration (sweep) ``t``.
+    Index 0 is the feed-forward state (the codes of ``method="feedforward"``)
+    for every method, index ``t`` the state after iteration (sweep) ``t``; for
+    L-BP, every node's ``t``-th local iterate. The seed paper counts the
+    feed-forward pass as its first iteration: its ``T`` is this ``T + 1``.
 
     Attributes
     ----------
     objective : torch.Tensor
         ``(T + 1, B)``: ``F(w^[t])`` per sample (with the effective, batch-norm
-        folded dictionary and lambdas the solver used).
+        folded dictionary and lambdas the solver used: in eval mode
+        ``net.dictionary().objective(net.normalize(x), codes)``).
     term_errors : dict
         ``{term name: (T + 1, B)}``: ``||r_t||^2 / ||target_t||^2`` where
         ``target_t = sum_k P_tk w_k + P x`` is what the term reconstructs.
@@ -211,10 +214,18 @@ class PursuitNet(nn.Module):
             self.head.bias.zero_()
 
         shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
-        mean = torch.zeros(self.input_shape[0]) if mean is None else torch.as_tensor(mean)
-        std = torch.ones(self.input_shape[0]) if std is None else torch.as_tensor(std)
-        self.register_buffer("input_mean", mean.float().reshape(shape).clone())
-        self.register_buffer("input_std", std.float().reshape(shape).clone())
+        mean = (
+            torch.zeros(self.input_shape[0])
+            if mean is None
+            else torch.as_tensor(mean, dtype=torch.float64)
+        )
+        std = (
+            torch.ones(self.input_shape[0])
+            if std is None
+            else torch.as_tensor(std, dtype=torch.float64)
+        )
+        self.register_buffer("input_mean", mean.to(torch.float64).reshape(shape).clone())
+        self.register_buffer("input_std", std.to(torch.float64).reshape(shape).clone())
 
         # Structure of the terms (weights-independent): which terms touch which node.
         self._specs = term_specs(graph)

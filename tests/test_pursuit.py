@@ -804,3 +804,22 @@ def test_batchnorm_model_reports_the_dictionary_it_solves(method):
     assert s.deep_frame_potential == pytest.approx(d.deep_frame_potential, abs=1e-10)
     # and it is not the unfolded dictionary's
     assert s.frame_potential != pytest.approx(geo.frame_potential(unfolded), rel=1e-6)
+
+
+def test_objective_takes_the_normalised_input():
+    """With input normalisation the solver's objective is D.objective(net.normalize(x), .)
+    (as documented); the raw input gives a different problem."""
+    g = df.chain((2, 6, 6), [3, 4], bias=0.1)
+    net = df.compile(
+        g, method="deep", iterations=3, mean=[0.4, 0.6], std=[0.2, 0.3], dtype=f64
+    ).eval()
+    x = _x(net.input_shape, batch=2, seed=5)
+    with torch.no_grad():
+        codes, trace = net.encode(x, trace=True)
+    D = net.dictionary()
+    xn = (x - torch.tensor([0.4, 0.6], dtype=f64).reshape(-1, 1, 1)) / torch.tensor(
+        [0.2, 0.3], dtype=f64
+    ).reshape(-1, 1, 1)
+    torch.testing.assert_close(net.normalize(x), xn, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(D.objective(xn, codes), trace.objective[-1], rtol=1e-12, atol=0)
+    assert not torch.allclose(D.objective(x, codes), trace.objective[-1])
