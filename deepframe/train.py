@@ -200,7 +200,8 @@ def _check_state(path: Path, state: dict, training: bool) -> None:
             isinstance(v, dict)
             and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
         ),
-        "optimizer": lambda v: isinstance(v, dict),
+        # a weights-only checkpoint (training=False) may say "no optimizer state"
+        "optimizer": lambda v: isinstance(v, dict) or (v is None and not training),
         "config": lambda v: isinstance(v, dict),
         "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
         "metadata": lambda v: v is None or isinstance(v, dict),
