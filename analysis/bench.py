@@ -2,14 +2,16 @@
 
     python analysis/bench.py [--quick] [--device cpu|cuda] [--out bench.json]
                              [--section NAME ...] [--repeats 3] [--threads N]
-                             [--torch-compile]
+                             [--torch-compile] [--clock wall|cpu]
 
 Prints one table per section and writes every figure, with the device it ran
 on, to a JSON file (``--out``). Nothing is asserted: the targets of
 docs/performance.md are evaluated from the measured figures and printed.
 Random inputs, no data needed.
 
-Sections (``--section``, repeatable; default all):
+Sections (``--section``, repeatable; default all, in the order memory, geometry,
+options, solvers; ``--graph``, ``--batch``, ``--iterations`` restrict the solvers
+grid):
 
 ``solvers``
     One training step (forward + backward, train mode) of DP (deep pursuit on
@@ -20,13 +22,14 @@ Sections (``--section``, repeatable; default all):
     hand-written solver with the same parameters and arithmetic (Gauss-Seidel
     that keeps ``B w`` between updates, 2 convolution calls per conv edge and
     sweep; for L-BP the local steps), and the *plain* network of the same graph
-    (ordinary conv/ReLU, no pursuit). Reported: median seconds, ratios to floor
+    (ordinary conv/ReLU, no pursuit). Reported: best seconds, ratios to floor
     and plain, training and inference throughput (images/s).
 ``memory``
     Peak memory of one DP-res training step on ResNet-8, batch 64, for T in
-    {0, 1, 5, 10}, with and without ``checkpoint_sweeps``. CPU: each case in its
+    {0, 1, 5, 10, 20}, with and without ``checkpoint_sweeps`` (``True``). CPU: each case in its
     own subprocess (``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave
-    the resident set at once), peak RSS above the level just before the step,
+    the resident set at once), peak RSS (``VmHWM``, reset just before the step)
+    above the resident set just before the step,
     and the peak of live tensors from the torch profiler's memory timeline;
     CUDA: ``torch.cuda.max_memory_allocated`` above the level before the step.
     The time ratio (recomputed / stored) is measured in this process,
@@ -46,6 +49,10 @@ Sections (``--section``, repeatable; default all):
 
 ``--quick``: ResNet-8, batch 32, T in {0, 1, 5}, the small geometry cases, two
 repeats (a few minutes on 2 CPU cores).
+
+On a machine shared with other jobs, ``--threads 1 --clock cpu`` times the CPU
+seconds of this process instead of wall-clock seconds: the work done, not the
+time spent waiting for a core (CPU only).
 """
 
 from __future__ import annotations
@@ -55,7 +62,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -75,7 +81,7 @@ if HERE not in sys.path:
 
 import deepframe as df  # noqa: E402
 
-SECTIONS = ("solvers", "memory", "geometry", "options")
+SECTIONS = ("memory", "geometry", "options", "solvers")
 METHODS = {  # label: (skip edges, compile method)
     "DP": (False, "deep"),
     "DP-res": (True, "deep"),
@@ -284,19 +290,34 @@ def _infer(model, x):
         model(x)
 
 
+# What a timing reads: wall-clock seconds (``--clock wall``, the default) or the CPU
+# seconds of this process (``--clock cpu``): with one torch thread on a machine other
+# jobs share, CPU time counts the work done and not the time spent waiting for a core.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS["wall"]
+
+
 def time_interleaved(calls: dict, repeats: int, device: str) -> dict:
-    """Median seconds of each callable, run in turn ``repeats`` times after one warm-up
-    round (interleaving spreads a shared machine's load evenly over them)."""
+    """Best (least) seconds of each callable, run in turn ``repeats`` times after one
+    warm-up round.
+
+    Interleaving spreads a shared machine's load evenly over the callables, the
+    order rotates from round to round (none always runs first), and the least time
+    is the estimate: other jobs only ever add time.
+    """
     times = {name: [] for name in calls}
+    names = list(calls)
     for r in range(repeats + 1):
-        for name, fn in calls.items():
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = calls[name]
             _sync(device)
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
             _sync(device)
             if r:
-                times[name].append(time.perf_counter() - start)
-    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+                times[name].append(CLOCK() - start)
+    return {name: min(v) for name, v in times.items()}
 
 
 def _data(batch: int, device: str, seed: int = 0):
@@ -310,9 +331,9 @@ def _data(batch: int, device: str, seed: int = 0):
 
 
 def bench_solvers(args, out: list) -> None:
-    archs = ["ResNet-8"] if args.quick else list(ARCHS)
-    batches = [32] if args.quick else [32, 128]
-    iterations = [0, 1, 5] if args.quick else [0, 1, 5, 10]
+    archs = args.graph or (["ResNet-8"] if args.quick else list(ARCHS))
+    batches = args.batch or ([32] if args.quick else [32, 128])
+    iterations = args.iterations or ([0, 1, 5] if args.quick else [0, 1, 5, 10])
     name = device_name(args.device)
     print(f"\n## solvers: one training step (forward + backward), {name}")
     head = (
@@ -382,11 +403,27 @@ def _memory_child(arch: str, t: int, segment: int, batch: int, device: str) -> d
         torch.cuda.synchronize()
         row["peak_tensors_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
         return row
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _train_step(net, x, y)
-    row["peak_rss_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    row["peak_rss_mib"] = _peak_rss_above_now(lambda: _train_step(net, x, y))
     row["peak_tensors_mib"] = _profiled_peak(lambda: _train_step(net, x, y))
     return row
+
+
+def _peak_rss_above_now(fn) -> float | None:
+    """Peak resident set size during ``fn()`` above the resident set just before, MiB.
+
+    Resets the kernel's peak (``VmHWM``) first by writing 5 to
+    ``/proc/self/clear_refs`` (Linux); ``None`` where that is not possible.
+    """
+    import bench_geometry as geo
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = geo._status_mib("VmRSS")
+    fn()
+    return geo._status_mib("VmHWM") - before
 
 
 def _profiled_peak(fn) -> float | None:
@@ -657,6 +694,7 @@ def _run_child(task: list, args) -> dict:
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors leave the resident set at once
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *task]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    cmd += ["--clock", args.clock]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {task} failed:\n{done.stderr}")
@@ -670,6 +708,7 @@ def _child(task: list, args) -> dict:
     if task[0] == "geometry":
         import bench_geometry as geo
 
+        geo.CLOCK = CLOCK
         return geo.run_case(task[1], args.repeats, device=args.device)
     raise ValueError(f"unknown child task {task}")
 
@@ -682,13 +721,31 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", default="bench.json", help="JSON file for every figure")
     parser.add_argument("--section", action="append", choices=SECTIONS, help="repeatable")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (median)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (best of)")
+    parser.add_argument(
+        "--graph", action="append", choices=sorted(ARCHS), help="solvers: only these graphs"
+    )
+    parser.add_argument("--batch", action="append", type=int, help="solvers: only these batches")
+    parser.add_argument(
+        "--iterations", action="append", type=int, help="solvers: only these T (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--torch-compile", action="store_true", help="add the torch.compile variant (slow to build)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall-clock seconds, or this process's CPU seconds (CPU only; use with "
+        "--threads 1 on a shared machine)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and torch.device(args.device).type != "cpu":
+        parser.error("--clock cpu measures CPU work; GPU timings need --clock wall")
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     if args.repeats is None:
         args.repeats = 2 if args.quick else 3
     torch.set_num_threads(args.threads)
@@ -696,6 +753,7 @@ def main(argv=None) -> int:
         print(json.dumps(_child(args.child, args)))
         return 0
 
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     started = time.time()
     meta = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -704,13 +762,14 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "threads": args.threads,
+        "clock": args.clock,
         "load_average_start": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "quick": args.quick,
     }
     print(
         f"# {meta['command']}\n# {meta['device']}, torch {meta['torch']}, "
-        f"load average {meta['load_average_start']}"
+        f"{args.clock}-clock seconds, load average {meta['load_average_start']}"
     )
     rows: list = []
     sections = {
@@ -721,6 +780,8 @@ def main(argv=None) -> int:
     }
     for section in args.section or SECTIONS:
         sections[section](args, rows)
+        with open(args.out, "w") as f:  # what is measured so far survives an interruption
+            json.dump({"meta": meta, "rows": rows, "targets": targets(rows)}, f, indent=1)
     meta["load_average_end"] = os.getloadavg()
     meta["wall_s"] = round(time.time() - started, 1)
     found = targets(rows)

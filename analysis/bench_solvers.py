@@ -1,8 +1,8 @@
 """Forward + backward time of the pursuit solvers on one CIFAR-size ResNet graph.
 
 For T in {0, 1, 5, 10} and each method (L-TP, L-BP, DP) on the ResNet graph
-itself, the time of one training step's forward and backward pass on a batch of
-32x32 images, and its ratio to the plain network (ordinary torch convolutions
+itself, the time of one training step's forward and backward pass (best of the
+repeats) on a batch of 32x32 images, and its ratio to the plain network (ordinary torch convolutions
 with the same weights), measured in this process.
 
     python analysis/bench_solvers.py [--batch 32] [--blocks 1] [--repeats 3] [--device cpu]
