@@ -648,9 +648,10 @@ class PursuitNet(nn.Module):
         With ``checkpoint_sweeps`` (and autograd recording) the iterations run in
         segments under ``torch.utils.checkpoint`` (non-reentrant): only each
         segment's input state is kept, its activations are recomputed in the
-        backward pass. The segments hold iterations only, no in-place state
-        update (running statistics, power iterations), so recomputation changes
-        nothing twice.
+        backward pass. The last segment is stored as usual: the backward pass
+        starts with it, so recomputing it would cost time and save no memory.
+        The segments hold iterations only, no in-place state update (running
+        statistics, power iterations), so recomputation changes nothing twice.
         """
         length = 0
         if history is None and torch.is_grad_enabled():
@@ -670,6 +671,8 @@ class PursuitNet(nn.Module):
 
         for start in range(0, self.iterations, length):
             stop = min(start + length, self.iterations)
+            if stop == self.iterations:  # the backward pass starts here: keep, do not redo
+                return segment(start, stop, state)
             state = checkpoint(
                 segment, start, stop, state, use_reentrant=False, preserve_rng_state=False
             )

@@ -570,10 +570,11 @@ def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
         forward_sweeps = calls["sweep"]
         loss.backward()
         assert forward_sweeps == 6
-        assert calls["sweep"] == (12 if segment else 6)
+        assert calls["sweep"] == (11 if segment else 6)  # the last sweep is not redone
         assert calls["power"] == 1
         stored[segment] = sum(kept.values())
-    assert stored[1] < stored[0] / 4, stored
+    # stored: feed-forward + 6 sweeps; recomputed: feed-forward + the last sweep
+    assert stored[1] < stored[0] / 3, stored
 
 
 def test_checkpoint_sweeps_leaves_inference_and_traces_alone():
