@@ -158,6 +158,9 @@ class PursuitNet(nn.Module):
         mean,
         std,
         seed: int,
+        checkpoint_sweeps: bool | int = False,
+        channels_last: bool = False,
+        torch_compile: bool | Mapping = False,
     ):
         super().__init__()
         self.graph = graph
@@ -166,6 +169,11 @@ class PursuitNet(nn.Module):
         self.threshold = threshold
         self.schedule = schedule
         self.layered_init = layered_init
+        self.checkpoint_sweeps = checkpoint_sweeps
+        self.channels_last = bool(channels_last)
+        self.torch_compile = (
+            dict(torch_compile) if isinstance(torch_compile, Mapping) else bool(torch_compile)
+        )
         self.nodes = activation_nodes(graph)
         self.input = input_node(graph)
         self.output = output_node(graph)
@@ -240,6 +248,8 @@ class PursuitNet(nn.Module):
         self._exact = None  # {(term, target or None): ||A||^2}, see refresh_lipschitz(exact=True)
         self._lipschitz_cache = None  # (key, {node: (L_j, L_local_j)}) of eval-mode forwards
         self._register_load_state_dict_pre_hook(_drop_power_buffers)
+        # The Jacobi sweep applies same-shaped convolutions as one grouped call.
+        self._conv_groups = _conv_groups(self._specs)
 
     # ------------------------------------------------------------------
     # parameters as the graph names them
@@ -425,6 +435,28 @@ class PursuitNet(nn.Module):
             raise ValueError(
                 f"expected input of shape (B, {self.input_shape}), got {tuple(x.shape)}"
             )
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.torch_compile and not trace:
+            return self._compiled()(x)
+        return self._solve(x, trace)
+
+    def _compiled(self):
+        """``torch.compile`` of :meth:`_solve` (built on first use, ``fullgraph=True``)."""
+        fn = self.__dict__.get("_compiled_solve")
+        if fn is None:
+            options = self.torch_compile if isinstance(self.torch_compile, dict) else {}
+            fn = torch.compile(self._solve, **{"fullgraph": True, **options})
+            self.__dict__["_compiled_solve"] = fn
+        return fn
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_compiled_solve", None)  # rebuilt on first use (not picklable)
+        return state
+
+    def _solve(self, x: torch.Tensor, trace: bool = False):
+        """:meth:`encode` after the input checks: the pursuit itself."""
         xn = self.normalize(x)
         terms = self.terms()
         const = self._constants(terms, xn)
@@ -584,57 +616,169 @@ class PursuitNet(nn.Module):
                 view = (-1,) + (1,) * (a.dim() - 2)
                 w = prev = F.relu(a - problem["ff"][j].reshape(view))
             history = [w] if trace else None
-            for t in range(self.iterations):
-                w_hat = w + self.alphas[t] * (w - prev)
-                own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
-                grad = self._grad(j, terms, const, codes, w_hat, None, own, synth_only=True)
-                prev, w = (
-                    w,
-                    self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j]),
-                )
-                if trace:
-                    history.append(w)
+            step = self._local_step(j, terms, const, dict(codes), problem, betas)
+            w, _ = self._unroll(step, (w, prev), history)
             codes[j] = w
             per_node[j] = history
         return codes, per_node
 
+    def _local_step(self, j, terms, const, fixed, problem, betas):
+        """Iteration ``t`` of node j's local problem as ``(w, w_prev) -> (w_new, w)``.
+
+        ``fixed`` holds the predecessors' final codes; ``w_prev`` is ``None`` when no
+        extrapolation needs it.
+        """
+
+        def step(t, state):
+            w, prev = state
+            alpha = self.alphas[t]
+            w_hat = w + alpha * (w - prev) if alpha else w
+            own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
+            grad = self._grad(j, terms, const, fixed, w_hat, None, own, synth_only=True)
+            w_new = self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j])
+            return w_new, (w if self._alpha(t + 1) else None)
+
+        return step
+
     def _deep(self, terms, const, codes, problem, history):
         """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent.
 
-        Keeps ``B_i w`` of every term between updates: extrapolation is linear, so
-        ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)`` costs no operator call, and
-        a sweep applies two operators per term (``A_i r`` and ``B_i w_new``).
+        A sweep starts by applying ``B_i`` to every term's synthesis code and keeps
+        those products while it updates the nodes (an update never changes a value
+        the same sweep reads later: a term's targets precede its synthesis node).
+        Extrapolation is linear, so ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)``
+        costs no operator call, and a sweep applies two operators per term
+        (``B_i w`` and ``A_i r_i``).
         """
         betas = self.betas()
-        codes = dict(codes)
-        prev = dict(codes)
-        synth = [t.op.adjoint(codes[t.synth]) for t in terms]
-        synth_prev = list(synth)
-        jacobi = self.schedule == "jacobi"
-        for t in range(self.iterations):
-            alpha = self.alphas[t]
-            source = dict(codes) if jacobi else codes
-            source_synth = list(synth) if jacobi else synth
-            new_prev = dict(codes)
-            for j in self.nodes:
-                w = source[j]
-                own = self._synth_terms[j]
-                if alpha:
-                    w_hat = w + alpha * (w - prev[j])
-                    hat = {
-                        i: source_synth[i] + alpha * (source_synth[i] - synth_prev[i]) for i in own
-                    }
-                else:
-                    w_hat, hat = w, {i: source_synth[i] for i in own}
-                grad = self._grad(j, terms, const, source, w_hat, source_synth, hat)
-                codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
-                for i in own:
-                    synth_prev[i] = synth[i]
-                    synth[i] = terms[i].op.adjoint(codes[j])
-            prev = new_prev
-            if history is not None:
-                history.append(dict(codes))
+        if self.schedule == "jacobi":
+            groups = _group_weights(terms, self._conv_groups)
+
+            def sweep(*args):
+                return self._jacobi_sweep(*args, groups)
+        else:
+            sweep = self._gauss_seidel_sweep
+
+        def step(t, state):
+            codes, prev, synth_prev = state
+            new, synth = sweep(t, terms, const, problem, betas, codes, prev, synth_prev)
+            keep = bool(self._alpha(t + 1))  # the next extrapolation needs w and B w
+            return new, (codes if keep else None), (synth if keep else None)
+
+        codes, _, _ = self._unroll(step, (dict(codes), None, None), history)
         return codes
+
+    def _gauss_seidel_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev):
+        """Sweep ``t``: nodes in topological order, each seeing the newest other blocks.
+
+        Returns the new codes and ``[B_i w_synth(i)]`` of the old ones (the next
+        sweep's ``B_i w_prev``); ``prev`` / ``synth_prev`` ``None`` mean "equal to
+        ``codes`` / its products" (the first sweep).
+        """
+        synth = [term.op.adjoint(codes[term.synth]) for term in terms]
+        alpha = self.alphas[t]
+        new = dict(codes)
+        for j in self.nodes:
+            w, own = codes[j], self._synth_terms[j]
+            if alpha:
+                w_prev = w if prev is None else prev[j]
+                before = synth if synth_prev is None else synth_prev
+                w_hat = w + alpha * (w - w_prev)
+                hat = {i: synth[i] + alpha * (synth[i] - before[i]) for i in own}
+            else:
+                w_hat, hat = w, {i: synth[i] for i in own}
+            grad = self._grad(j, terms, const, new, w_hat, synth, hat)
+            new[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
+        return new, synth
+
+    def _jacobi_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev, groups):
+        """Sweep ``t`` with every block computed from ``codes`` (the previous sweep).
+
+        The same arithmetic as a Gauss-Seidel sweep that reads only old values,
+        arranged as one pass: all ``B_i w``, then all residuals, then all
+        ``A_i r_i``, then the node updates, with same-shaped convolutions batched
+        into one grouped call each (``groups``, from :func:`_group_weights`).
+        """
+        synth = _apply_grouped(terms, groups, [codes[term.synth] for term in terms], True)
+        alpha = self.alphas[t]
+        if alpha:
+            prev = codes if prev is None else prev
+            before = synth if synth_prev is None else synth_prev
+            w_hat = {j: codes[j] + alpha * (codes[j] - prev[j]) for j in self.nodes}
+            hat = [s + alpha * (s - b) for s, b in zip(synth, before)]
+        else:
+            w_hat, hat = codes, synth
+        # r_i = target_i - B_i w^_synth(i): the residual in the synthesis node's gradient
+        res = [self._target(term, const[i], codes) - hat[i] for i, term in enumerate(terms)]
+        analysed = _apply_grouped(terms, groups, res, False)
+        new = {}
+        for j in self.nodes:
+            grad = None
+            for i in self._synth_terms[j]:
+                v = -analysed[i]
+                grad = v if grad is None else grad + v
+            for i, n in self._target_terms[j]:
+                if alpha:  # node j's own extrapolation in the target, the others' plain B w
+                    r = self._target(terms[i], const[i], codes, j, w_hat[j]) - synth[i]
+                else:
+                    r = res[i]
+                v = terms[i].targets[n][1].adjoint(r)
+                grad = v if grad is None else grad + v
+            new[j] = self._step(w_hat[j], grad, problem["lambda"][j], problem["L"][j], betas[j])
+        return new, synth
+
+    def _alpha(self, t: int) -> float:
+        """Extrapolation weight of iteration ``t`` (0 past the last one)."""
+        return self.alphas[t] if t < self.iterations else 0.0
+
+    def _segment_length(self) -> int:
+        """Iterations per recomputed segment with ``checkpoint_sweeps`` (0: no checkpoints).
+
+        ``True`` picks ``round(sqrt(T / 3))``, at least 1. A segment boundary keeps
+        one code per node; recomputing a segment of ``k`` sweeps holds about three
+        per node and sweep (residuals, gradients, new codes), so the peak is about
+        ``(T / k + 3 k)`` codes per node, least near ``k = sqrt(T / 3)``.
+        """
+        k = self.checkpoint_sweeps
+        if k is True:
+            return max(1, round(math.sqrt(self.iterations / 3)))
+        return int(k)
+
+    def _unroll(self, step, state, history=None):
+        """``state = step(t, state)`` for ``t = 0 .. T-1``.
+
+        With ``checkpoint_sweeps`` (and autograd recording) the iterations run in
+        segments under ``torch.utils.checkpoint`` (non-reentrant): only each
+        segment's input state is kept, its activations are recomputed in the
+        backward pass. The last segment is stored as usual: the backward pass
+        starts with it, so recomputing it would cost time and save no memory.
+        The segments hold iterations only, no in-place state update (running
+        statistics, power iterations), so recomputation changes nothing twice.
+        """
+        length = 0
+        if history is None and torch.is_grad_enabled():
+            length = self._segment_length()
+        if not length:
+            for t in range(self.iterations):
+                state = step(t, state)
+                if history is not None:
+                    history.append(state[0])
+            return state
+        from torch.utils.checkpoint import checkpoint
+
+        def segment(start, stop, state):
+            for t in range(start, stop):
+                state = step(t, state)
+            return state
+
+        for start in range(0, self.iterations, length):
+            stop = min(start + length, self.iterations)
+            if stop == self.iterations:  # the backward pass starts here: keep, do not redo
+                return segment(start, stop, state)
+            state = checkpoint(
+                segment, start, stop, state, use_reentrant=False, preserve_rng_state=False
+            )
+        return state
 
     def _trace(self, terms, const, lam_eff, history) -> Trace:
         objective, term_errors = [], {t.name: [] for t in terms}
@@ -678,6 +822,78 @@ class PursuitNet(nn.Module):
         )
 
 
+def _conv_groups(specs) -> list[tuple[int, ...]]:
+    """Terms whose synthesis operators are convolutions of the same shapes, stride and
+    padding (two or more per group): one grouped convolution can apply them all."""
+    groups: dict = {}
+    for i, spec in enumerate(specs):
+        op = spec.op
+        if op.kind in ("conv", "project"):
+            key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
+            groups.setdefault(key, []).append(i)
+    return [tuple(v) for v in groups.values() if len(v) > 1]
+
+
+def _group_weights(terms, groups) -> list:
+    """Per group: term indices, the concatenated weights, the concatenated batch-norm
+    column scales (``None`` without batch norm) and the convolution's geometry."""
+    out = []
+    for indices in groups:
+        inner = [
+            terms[i].op.inner if isinstance(terms[i].op, ops.Scaled) else terms[i].op for i in indices
+        ]
+        weight = torch.cat([op.weight for op in inner])
+        scale = None
+        if any(isinstance(terms[i].op, ops.Scaled) for i in indices):
+            parts = [
+                terms[i].op.scale.reshape(-1)
+                if isinstance(terms[i].op, ops.Scaled)
+                else torch.ones(op.weight.shape[0], dtype=op.weight.dtype, device=op.weight.device)
+                for i, op in zip(indices, inner)
+            ]
+            scale = torch.cat(parts).reshape(-1, 1, 1)
+        first = inner[0]
+        geometry = (first.stride, first.padding, first.output_padding)
+        out.append((indices, weight, scale, geometry, first.in_shape[0], first.out_shape[0]))
+    return out
+
+
+def _apply_grouped(terms, groups, values, adjoint: bool) -> list:
+    """``[A_i v_i]`` (``adjoint=False``) or ``[A_i^T v_i]`` for every term ``i``.
+
+    The terms of a group run as one grouped ``conv2d`` / ``conv_transpose2d``
+    (inputs concatenated along channels, weights along output channels, with the
+    batch-norm column scale ``S A`` applied as :class:`deepframe.ops.Scaled` does); all
+    other terms run one by one.
+    """
+    out = [None] * len(terms)
+    for indices, weight, scale, (stride, padding, output_padding), c_in, c_out in groups:
+        v = torch.cat([values[i] for i in indices], 1)
+        if adjoint:
+            if scale is not None:
+                v = v * scale
+            v = F.conv_transpose2d(
+                v,
+                weight,
+                stride=stride,
+                padding=padding,
+                output_padding=output_padding,
+                groups=len(indices),
+            )
+            parts = v.split(c_in, 1)
+        else:
+            v = F.conv2d(v, weight, stride=stride, padding=padding, groups=len(indices))
+            if scale is not None:
+                v = v * scale
+            parts = v.split(c_out, 1)
+        for i, part in zip(indices, parts):
+            out[i] = part
+    for i, term in enumerate(terms):
+        if out[i] is None:
+            out[i] = term.op.adjoint(values[i]) if adjoint else term.op.forward(values[i])
+    return out
+
+
 def compile(
     graph: nx.DiGraph,
     method: str = "deep",
@@ -695,6 +911,9 @@ def compile(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device=None,
+    checkpoint_sweeps: bool | int = False,
+    channels_last: bool = False,
+    torch_compile: bool | Mapping = False,
 ) -> PursuitNet:
     """Compile an architecture graph into a pursuit solver + classifier.
 
@@ -737,6 +956,23 @@ def compile(
     seed : int
         Seed of the initial weights (the same He-style weights as
         ``deepframe.dictionary(graph, seed=seed)``).
+    checkpoint_sweeps : bool or int
+        Recompute the iterations (DP sweeps, L-BP local steps) in the backward
+        pass instead of storing their activations (``torch.utils.checkpoint``,
+        non-reentrant): training memory grows with ``T`` by one code-sized state
+        per segment instead of all of a sweep's activations, for about one more
+        forward pass of the iterations. ``True`` recomputes segments of
+        ``round(sqrt(T / 3))`` iterations (at least 1), an int ``k >= 1`` segments
+        of ``k``.
+        Gradients equal the stored path's; inference (no autograd) is unaffected.
+    channels_last : bool
+        Keep convolution weights and activations in ``torch.channels_last``
+        memory format (the input is converted inside the model); usually faster
+        with cuDNN on a GPU, same results.
+    torch_compile : bool or mapping
+        Run the pursuit through ``torch.compile(..., fullgraph=True)`` (built on
+        the first call); a mapping passes its options (``backend``, ``mode``,
+        ...) to ``torch.compile``. ``encode(x, trace=True)`` stays eager.
     """
     if method not in METHODS:
         raise ValueError(f"compile: unknown method {method!r}; expected one of {METHODS}")
@@ -754,6 +990,16 @@ def compile(
         raise ValueError(f"compile: alpha must be in [0, 1) or 'fista', got {alpha!r}")
     if beta != "learned" and not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
         raise ValueError(f"compile: beta must be in (0, 1] or 'learned', got {beta!r}")
+    if not isinstance(checkpoint_sweeps, (bool, int)) or checkpoint_sweeps < 0:
+        raise ValueError(
+            "compile: checkpoint_sweeps must be True, False or an integer >= 1 "
+            f"(iterations per recomputed segment), got {checkpoint_sweeps!r}"
+        )
+    if not isinstance(torch_compile, (bool, Mapping)):
+        raise ValueError(
+            "compile: torch_compile must be a bool or a mapping of torch.compile options, "
+            f"got {torch_compile!r}"
+        )
     g = validate(graph)
     from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
 
@@ -774,5 +1020,11 @@ def compile(
         mean=mean,
         std=std,
         seed=seed,
+        checkpoint_sweeps=checkpoint_sweeps,
+        channels_last=channels_last,
+        torch_compile=torch_compile,
     )
-    return net.to(dtype=dtype, device=device)
+    net = net.to(dtype=dtype, device=device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net

@@ -823,3 +823,284 @@ def test_objective_takes_the_normalised_input():
     torch.testing.assert_close(net.normalize(x), xn, rtol=1e-15, atol=1e-15)
     torch.testing.assert_close(D.objective(xn, codes), trace.objective[-1], rtol=1e-12, atol=0)
     assert not torch.allclose(D.objective(x, codes), trace.objective[-1])
+
+
+# recomputed iterations (checkpoint_sweeps): same gradients, state updated once
+# ---------------------------------------------------------------------------
+# The three solvers of the seed paper's Fig. 6, with batch norm (train mode updates its
+# running statistics, and every training forward pass steps the power iterations).
+SOLVERS = {
+    "DP": (False, "deep"),
+    "DP-res": (True, "deep"),
+    "L-BP": (False, "layered"),
+}
+
+
+def _bn_graph(skips):
+    return df.resnet((3, 8, 8), 1, widths=(4, 6), bias=0.05, batchnorm=True, skips=skips)
+
+
+def _train_step(net, x, y):
+    """Logits, input gradient and parameter gradients of one training step."""
+    x = x.detach().clone().requires_grad_()
+    net.zero_grad(set_to_none=True)
+    logits = net(x)
+    F.cross_entropy(logits, y).backward()
+    grads = {name: p.grad for name, p in net.named_parameters()}
+    return logits.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("segment", [True, 1, 2])
+@pytest.mark.parametrize("alpha", [0.0, "fista"])
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_checkpoint_sweeps_gradients_equal_the_stored_path(solver, alpha, segment):
+    skips, method = SOLVERS[solver]
+    g = _bn_graph(skips)
+    options = {"method": method, "iterations": 5, "alpha": alpha, "dtype": f64}
+    plain = df.compile(g, **options).train()
+    recomputed = df.compile(g, checkpoint_sweeps=segment, **options).train()
+    recomputed.load_state_dict(plain.state_dict())
+    x, y = _x((3, 8, 8), batch=4, seed=2), torch.tensor([0, 1, 2, 3])
+    want = _train_step(plain, x, y)
+    got = _train_step(recomputed, x, y)
+    assert torch.allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got[1], want[1], rtol=1e-10, atol=1e-14)
+    assert set(got[2]) == set(want[2])
+    for name, grad in want[2].items():
+        if grad is None:
+            assert got[2][name] is None, name
+        else:
+            assert torch.allclose(got[2][name], grad, rtol=1e-10, atol=1e-14), name
+    # Running statistics were updated exactly once: a
+    # second update (by a recomputation) would move them further.
+    for (name, buf), (_, other) in zip(plain.named_buffers(), recomputed.named_buffers()):
+        assert torch.equal(buf, other), name
+
+
+def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
+    """The sweeps run again in the backward pass, the state updates do not, and the
+    tensors autograd keeps outside the recomputed segments shrink."""
+    from deepframe.pursuit import PursuitNet
+
+    calls = {"sweep": 0, "feedforward": 0}
+    sweep, feedforward = PursuitNet._gauss_seidel_sweep, PursuitNet._feedforward
+
+    def counted_sweep(self, *args):
+        calls["sweep"] += 1
+        return sweep(self, *args)
+
+    def counted_feedforward(self, *args):  # batch-norm statistics and the L_j bounds
+        calls["feedforward"] += 1
+        return feedforward(self, *args)
+
+    monkeypatch.setattr(PursuitNet, "_gauss_seidel_sweep", counted_sweep)
+    monkeypatch.setattr(PursuitNet, "_feedforward", counted_feedforward)
+    g = _bn_graph(True)
+    x, y = _x((3, 8, 8), batch=4, seed=2), torch.tensor([0, 1, 2, 3])
+    stored = {}
+    for segment in (0, 1):
+        net = df.compile(g, method="deep", iterations=6, checkpoint_sweeps=segment, dtype=f64)
+        net.train()
+        calls.update(sweep=0, feedforward=0)
+        kept = {}
+
+        def pack(t, kept=kept):
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(net(x), y)
+        forward_sweeps = calls["sweep"]
+        loss.backward()
+        assert forward_sweeps == 6
+        assert calls["sweep"] == (11 if segment else 6)  # the last sweep is not redone
+        assert calls["feedforward"] == 1
+        stored[segment] = sum(kept.values())
+    # stored: feed-forward + 6 sweeps; recomputed: feed-forward + the last sweep
+    assert stored[1] < stored[0] / 3, stored
+
+
+def test_checkpoint_sweeps_leaves_inference_and_traces_alone():
+    g = _bn_graph(True)
+    net = df.compile(g, method="deep", iterations=3, checkpoint_sweeps=True, dtype=f64).eval()
+    ref = df.compile(g, method="deep", iterations=3, dtype=f64).eval()
+    ref.load_state_dict(net.state_dict())
+    x = _x((3, 8, 8), batch=2)
+    with torch.no_grad():
+        assert torch.equal(net(x), ref(x))
+    codes, trace = net.encode(x, trace=True)
+    _, ref_trace = ref.encode(x, trace=True)
+    torch.testing.assert_close(trace.objective, ref_trace.objective, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# sweeps against a dense reference; the Jacobi sweep as one grouped pass
+# ---------------------------------------------------------------------------
+def _dense_sweeps(net, x, sweeps, alpha, jacobi):
+    """T sweeps of extrapolated block proximal gradient with the dense matrix of D.
+
+    Block j is updated from the block gradient of ``f(w) = 1/2 ||y - D w||^2`` at
+    ``w`` with block j replaced by its extrapolation (Gauss-Seidel: the newest
+    blocks; Jacobi: all blocks of the previous sweep).
+    """
+    D = net.dictionary()
+    A = D.todense()
+    xn = net.normalize(x)
+    y = D.target(xn)
+    lip = net.lipschitz()
+    ff = df.compile(net.graph, method="feedforward", dtype=f64).eval()
+    ff.load_state_dict(net.state_dict(), strict=False)
+    with torch.no_grad():
+        w = D.flat(ff.encode(x))
+    prev = w.clone()
+    bounds = np.cumsum([0] + D.col_sizes)
+    for _ in range(sweeps):
+        source, new = w.clone(), w.clone()
+        for j, lo, hi in zip(D.nodes, bounds[:-1], bounds[1:]):
+            z = (source if jacobi else new).clone()
+            z[:, lo:hi] = w[:, lo:hi] + alpha * (w[:, lo:hi] - prev[:, lo:hi])
+            grad = ((z @ A.T - y) @ A)[:, lo:hi]
+            shape = D.node_shapes[j]
+            lam = D.lambdas[j].reshape(-1, *[1] * (len(shape) - 1)).expand(shape).flatten()
+            step = 1.0 / float(lip[j])
+            new[:, lo:hi] = F.relu(z[:, lo:hi] - step * (grad + lam))
+        prev, w = w, new
+    return D.codes(w)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("schedule", ["gauss-seidel", "jacobi"])
+@pytest.mark.parametrize("name", ["resnet", "densenet", "node-centric"])
+def test_sweeps_equal_the_dense_reference(name, schedule, alpha):
+    g = GRAPHS[name]()
+    net = df.compile(
+        g, method="deep", iterations=3, alpha=alpha, beta=1.0, schedule=schedule, dtype=f64
+    ).eval()
+    x = _x(net.input_shape, batch=2, seed=3)
+    with torch.no_grad():
+        got = net.encode(x)
+    want = _dense_sweeps(net, x, 3, alpha, schedule == "jacobi")
+    for j in net.nodes:
+        torch.testing.assert_close(got[j], want[j], rtol=1e-10, atol=1e-12)
+
+
+def test_jacobi_grouped_convolutions_equal_one_call_per_term(monkeypatch):
+    """Batch norm in train mode, FISTA extrapolation: outputs and gradients of the
+    grouped pass equal those of one convolution per term."""
+    g = df.resnet((3, 8, 8), 2, widths=(4, 6), bias=0.05, batchnorm=True)
+    options = {"method": "deep", "iterations": 3, "alpha": "fista", "schedule": "jacobi"}
+    grouped = df.compile(g, dtype=f64, **options).train()
+    assert max(len(group) for group in grouped._conv_groups) >= 4  # stage 1: 4 convs
+    single = df.compile(g, dtype=f64, **options).train()
+    single.load_state_dict(grouped.state_dict())
+    single._conv_groups = []
+    x, y = _x((3, 8, 8), batch=3, seed=1), torch.tensor([0, 1, 2])
+    want, got = _train_step(single, x, y), _train_step(grouped, x, y)
+    assert torch.allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got[1], want[1], rtol=1e-10, atol=1e-14)
+    for name, grad in want[2].items():
+        if grad is not None:
+            assert torch.allclose(got[2][name], grad, rtol=1e-10, atol=1e-14), name
+
+
+# ---------------------------------------------------------------------------
+# GPU-path options, checked on any device
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gives_the_same_results(device):
+    g = _bn_graph(True)
+    plain = df.compile(g, method="deep", iterations=2, dtype=f64, device=device).train()
+    fast = df.compile(g, method="deep", iterations=2, dtype=f64, device=device, channels_last=True)
+    fast.train().load_state_dict(plain.state_dict())
+    assert fast.weights["x__stem"].is_contiguous(memory_format=torch.channels_last)
+    x, y = _x((3, 8, 8), batch=4, device=device), torch.tensor([0, 1, 2, 3], device=device)
+    want, got = _train_step(plain, x, y), _train_step(fast, x, y)
+    assert torch.allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got[1], want[1], rtol=1e-10, atol=1e-14)
+    for name, grad in want[2].items():
+        assert torch.allclose(got[2][name], grad, rtol=1e-10, atol=1e-14), name
+    with torch.no_grad():
+        code = fast.eval().encode(x)["s1b1b"]
+    assert code.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_torch_compile_option_gives_the_same_forward_and_backward():
+    """``torch_compile`` through AOTAutograd (forward and backward graphs) on CPU."""
+    g = df.resnet((2, 6, 6), 1, widths=(2, 3), bias=0.05, batchnorm=True)
+    options = {"method": "deep", "iterations": 2, "alpha": "fista", "checkpoint_sweeps": 1}
+    eager = df.compile(g, **options).train()
+    compiled = df.compile(g, torch_compile={"backend": "aot_eager"}, **options).train()
+    compiled.load_state_dict(eager.state_dict())
+    x, y = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    want, got = _train_step(eager, x, y), _train_step(compiled, x, y)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    for name, grad in want[2].items():
+        torch.testing.assert_close(got[2][name], grad, msg=name)
+    assert "_compiled_solve" in compiled.__dict__
+    for (name, buf), (_, other) in zip(eager.named_buffers(), compiled.named_buffers()):
+        torch.testing.assert_close(other, buf, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_with_inductor_gives_the_same_outputs():
+    g = df.resnet((2, 6, 6), 1, widths=(2, 3), bias=0.05)
+    eager = df.compile(g, method="deep", iterations=2).eval()
+    compiled = df.compile(g, method="deep", iterations=2, torch_compile=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "deep"},
+        {"method": "deep", "alpha": "fista", "checkpoint_sweeps": True},
+        {"method": "deep", "schedule": "jacobi", "alpha": 0.2},
+        {"method": "layered", "checkpoint_sweeps": 1},
+    ],
+)
+def test_no_host_sync_in_training_and_inference_steps(options):
+    from deepframe.testing import assert_no_host_sync
+
+    net = df.compile(_bn_graph(True), iterations=3, **options).train()
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    with assert_no_host_sync():
+        F.cross_entropy(net(x), y).backward()
+    with assert_no_host_sync(), torch.no_grad():
+        net.eval()(x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("checkpoint_sweeps", [False, True])
+def test_no_host_sync_on_cuda(checkpoint_sweeps):
+    net = df.compile(
+        _bn_graph(True),
+        method="deep",
+        iterations=3,
+        device="cuda",
+        checkpoint_sweeps=checkpoint_sweeps,
+    ).train()
+    x = torch.rand(4, 3, 8, 8, device="cuda")
+    y = torch.tensor([0, 1, 2, 3], device="cuda")
+    net(x)  # first call: lazy CUDA initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        F.cross_entropy(net(x), y).backward()
+        with torch.no_grad():
+            net.eval()(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_bad_accelerator_options_are_clear_errors():
+    with pytest.raises(ValueError, match="checkpoint_sweeps"):
+        df.compile(GRAPHS["chain"](), checkpoint_sweeps=-1)
+    with pytest.raises(ValueError, match="checkpoint_sweeps"):
+        df.compile(GRAPHS["chain"](), checkpoint_sweeps="yes")
+    with pytest.raises(ValueError, match="torch_compile"):
+        df.compile(GRAPHS["chain"](), torch_compile="inductor")
