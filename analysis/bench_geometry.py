@@ -3,7 +3,7 @@
 Runs every case in its own subprocess so that its peak memory is its own, and
 prints one line per case plus a JSON summary (``--json``).
 
-Cases (SPEC §5, issue 4):
+Cases (docs/geometry.md):
 
 * ``resnet-1``, ``resnet-3``: ``resnet((3, 32, 32))`` with 1 and 3 basic blocks
   per stage (CIFAR 6n+2 family, widths 16/32/64, option-A shortcuts);

@@ -814,7 +814,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-SPEC_HELP = """\
+ARCH_HELP = """\
 architecture (ARCH):
   a builder spec  NAME[:KEY=VALUE,KEY=VALUE,...]  or a node-link .json file.
   Values: integers, numbers, true/false, tuples written with x (8x16; one
@@ -906,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
             "else cpu)",
         )
 
-    p = add("describe", "nodes, shapes, edges and the block map of D", describe, SPEC_HELP)
+    p = add("describe", "nodes, shapes, edges and the block map of D", describe, ARCH_HELP)
     arch(p)
     p.add_argument(
         "--input-shape",
@@ -933,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-budget", type=_size, metavar="SIZE", help=_BUDGET_HELP)
 
-    p = add("metrics", "Welch bounds, coherence, frame potentials of D", metrics, SPEC_HELP)
+    p = add("metrics", "Welch bounds, coherence, frame potentials of D", metrics, ARCH_HELP)
     arch(p, optional=True)
     p.add_argument(
         "--input-shape",
