@@ -1120,7 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/reproduce", help="run folder (resumable)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     p.add_argument(
-        "--shard", default=None, metavar="I/N", help="train only shard i of n, e.g. 1/3 (default: all)"
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="train only shard i of n, e.g. 1/3 (default: all)",
     )
     p.add_argument(
         "--only",

@@ -520,7 +520,7 @@ class GlobalDictionary:
         *synthesis* blocks, ``B_t -> B_t S_j`` with ``S_j = diag(s_j)`` (operator
         ``A_t -> S_j A_t``, :class:`deepframe.ops.Scaled`); the target blocks
         ``-P_tj`` at column block j stay unscaled. This is batch norm folded
-        into the problem (SPEC §4): :meth:`deepframe.PursuitNet.dictionary`
+        into the problem (docs/solvers.md, "Batch norm"): :meth:`deepframe.PursuitNet.dictionary`
         passes ``s_j = gamma_j / sqrt(running_var_j + eps)``. Since only some
         blocks of a column scale, normalised columns change direction: the
         geometry of the folded dictionary differs from the unscaled one.
