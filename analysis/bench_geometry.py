@@ -3,7 +3,7 @@
 Runs every case in its own subprocess so that its peak memory is its own, and
 prints one line per case plus a JSON summary (``--json``).
 
-Cases (SPEC §5, issues 4 and 13), in increasing number of atoms:
+Cases (docs/geometry.md, docs/performance.md), in increasing number of atoms:
 
 * ``chain-small``: ``chain((3, 8, 8), (16, 16))``, 2,048 atoms, structured and
   dense;

@@ -291,7 +291,8 @@ def _flat_attributes(g):
     for attrs in items:
         for key, value in list(attrs.items()):
             if isinstance(value, (tuple, list)):
-                attrs[key] = "x".join(str(v) for v in value)
+                sep = "x" if key.endswith("shape") else ","
+                attrs[key] = sep.join(str(v) for v in value)
             elif value is None:
                 del attrs[key]
             elif not isinstance(value, (bool, int, float, str)):
@@ -299,9 +300,12 @@ def _flat_attributes(g):
     return h
 
 
+def _dot_text(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _dot_id(value) -> str:
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return f'"{_dot_text(value)}"'
 
 
 def write_dot(g, path: Path) -> None:
@@ -311,16 +315,15 @@ def write_dot(g, path: Path) -> None:
     h = _flat_attributes(g)
     lines = [f"digraph {_dot_id(h.graph.get('name', 'deepframe'))} {{", "  rankdir=LR;"]
     for node, a in h.nodes(data=True):
-        label = f"{node}\\n{a.get('shape', '')}"
+        lines_ = [str(node), str(a.get("shape", ""))]
         extra = " ".join(f"{k}={a[k]}" for k in ("merge", "op", "bias") if a.get(k))
-        if extra:
-            label += f"\\n{extra}"
+        label = "\\n".join(_dot_text(t) for t in (*lines_, extra) if t)
         shape = "box" if a.get("kind") == "input" else "ellipse"
         lines.append(f'  {_dot_id(node)} [shape={shape}, label="{label}"];')
     for u, v, a in h.edges(data=True):
         parts = [str(a.get("op", "identity"))]
         parts += [f"{k}={a[k]}" for k in ("kernel_size", "stride", "padding") if k in a]
-        lines.append(f'  {_dot_id(u)} -> {_dot_id(v)} [label="{" ".join(parts)}"];')
+        lines.append(f'  {_dot_id(u)} -> {_dot_id(v)} [label="{_dot_text(" ".join(parts))}"];')
     lines.append("}")
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
@@ -362,8 +365,6 @@ def describe(args) -> int:
     elif fmt:
         raise CommandError("--format needs --out (the file to write)")
 
-    import math as _math
-
     import torch
 
     from .dictionary import GlobalDictionary, parameter_shapes, random_weights
@@ -396,7 +397,7 @@ def describe(args) -> int:
         )
     print(f"output  {output_node(g)} -> global average pooling -> linear")
     n, big_n = D.shape
-    params = sum(_math.prod(s) for s, _ in parameter_shapes(g).values())
+    params = sum(math.prod(s) for s, _ in parameter_shapes(g).values())
     print(
         f"global dictionary D: {n} rows x {big_n} atoms, {len(D.terms)} terms, "
         f"{params} learned weights"
@@ -814,7 +815,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-SPEC_HELP = """\
+ARCH_HELP = """\
 architecture (ARCH):
   a builder spec  NAME[:KEY=VALUE,KEY=VALUE,...]  or a node-link .json file.
   Values: integers, numbers, true/false, tuples written with x (8x16; one
@@ -906,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
             "else cpu)",
         )
 
-    p = add("describe", "nodes, shapes, edges and the block map of D", describe, SPEC_HELP)
+    p = add("describe", "nodes, shapes, edges and the block map of D", describe, ARCH_HELP)
     arch(p)
     p.add_argument(
         "--input-shape",
@@ -933,7 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-budget", type=_size, metavar="SIZE", help=_BUDGET_HELP)
 
-    p = add("metrics", "Welch bounds, coherence, frame potentials of D", metrics, SPEC_HELP)
+    p = add("metrics", "Welch bounds, coherence, frame potentials of D", metrics, ARCH_HELP)
     arch(p, optional=True)
     p.add_argument(
         "--input-shape",
@@ -1119,7 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/reproduce", help="run folder (resumable)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     p.add_argument(
-        "--shard", default=None, metavar="I/N", help="train only shard i of n, e.g. 1/3 (default: all)"
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="train only shard i of n, e.g. 1/3 (default: all)",
     )
     p.add_argument(
         "--only",

@@ -384,8 +384,8 @@ class MemoryEstimate:
         largest explicit block, plus 9 entries per pair of the largest
         row-by-row Gram block, which is chunked to at most a quarter of
         ``memory_budget``). Measured peaks (``ru_maxrss``, torch 2.13, CPU)
-        were 34-155 bytes per conv atom for kernels 1-7, 0.55-0.9 times this
-        estimate.
+        were 36-155 bytes per conv atom for kernels 1-7, 0.43-0.87 times this
+        estimate (``analysis/bench_memory_estimate.py``).
         """
         largest = math.prod(self.largest_weight[1]) if self.largest_weight[0] else 0
         draw = 2 * 8 * largest
@@ -520,7 +520,7 @@ class GlobalDictionary:
         *synthesis* blocks, ``B_t -> B_t S_j`` with ``S_j = diag(s_j)`` (operator
         ``A_t -> S_j A_t``, :class:`deepframe.ops.Scaled`); the target blocks
         ``-P_tj`` at column block j stay unscaled. This is batch norm folded
-        into the problem (SPEC §4): :meth:`deepframe.PursuitNet.dictionary`
+        into the problem (docs/solvers.md, "Batch norm"): :meth:`deepframe.PursuitNet.dictionary`
         passes ``s_j = gamma_j / sqrt(running_var_j + eps)``. Since only some
         blocks of a column scale, normalised columns change direction: the
         geometry of the folded dictionary differs from the unscaled one.

@@ -730,11 +730,16 @@ def loads(text: str, *, where: str = "architecture") -> nx.DiGraph:
     if not isinstance(data, dict) or "nodes" not in data:
         raise ArchitectureError(f"{where}: not a networkx node-link graph (no 'nodes')")
     key = "edges" if "edges" in data else "links"
+    if key not in data:
+        raise ArchitectureError(f"{where}: not a networkx node-link graph (no 'edges' or 'links')")
     try:
         g = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
     except (KeyError, TypeError, AttributeError, ValueError, nx.NetworkXError) as exc:
         raise ArchitectureError(f"{where}: malformed node-link data ({exc!s:.200})") from None
-    return validate(g)
+    try:
+        return validate(g)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 def dumps(g: nx.DiGraph) -> str:

@@ -623,7 +623,7 @@ class Scaled(Operator):
 
     With ``A`` the analysis operator of a synthesis block, ``B S = (S A)^T``
     scales the columns (atoms) of ``B`` channel by channel: batch norm folded
-    into the pursuit (``s = gamma / sqrt(var + eps)``, SPEC §4).
+    into the pursuit (``s = gamma / sqrt(var + eps)``, docs/solvers.md, "Batch norm").
 
     Parameters
     ----------

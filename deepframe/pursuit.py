@@ -277,7 +277,7 @@ class PursuitNet(nn.Module):
         """The dictionary the solver solves in eval mode (detached): batch norm folded.
 
         A node with batch norm normalises its feed-forward pre-activation with
-        the running statistics and is then folded into the problem (SPEC §4):
+        the running statistics and is then folded into the problem (docs/solvers.md, "Batch norm"):
         its synthesis blocks become ``B_t S_j``, ``S_j = diag(s_j)``, ``s_j =
         gamma_j / sqrt(running_var_j + eps)`` (``column_scales``; its target
         blocks ``-P_tj`` stay unscaled), and its penalty the effective

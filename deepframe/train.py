@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -710,12 +711,12 @@ def _training_config(
     """The settings of :func:`train`, checked up front, as stored in the checkpoint."""
 
     def integer(name, value, minimum):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         return int(value)
 
     def real(name, value, *, positive):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             relation = ">" if positive else ">="

@@ -286,7 +286,7 @@ def test_describe_writes_node_link_graphml_and_dot(tmp_path, capsys):
     # DOT: one statement per node and per edge, edge labels carry the op
     text = (tmp_path / "net.dot").read_text()
     assert text.startswith("digraph")
-    edges = [line for line in text.splitlines() if " -> " in line]
+    edges = [line.strip() for line in text.splitlines() if " -> " in line]
     assert len(edges) == g.number_of_edges()
     assert '"s1b1b" -> "s2b1b" [label="project stride=2"];' in edges
     nodes = [line for line in text.splitlines() if "shape=" in line and " -> " not in line]
