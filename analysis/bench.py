@@ -259,7 +259,7 @@ class Floor(nn.Module):
                         grad = grad + (h[j] - synth[f"{j}->{m}"])
                     h[j] = F.relu(h[j] - step[j] * (grad + lam[j]))
         elif net.iterations and net.method == "layered":
-            local = net._sqnorms()[0]  # sum of ||A_e||^2 over the node's incoming edges
+            local = net.lipschitz()  # layered: the bound of the node's own terms
             h = {net.input: h[net.input]}
             for j in net.nodes:
                 a = 0
