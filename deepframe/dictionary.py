@@ -354,9 +354,6 @@ class MemoryEstimate:
     full_block : int
         Largest ``N_a * N_b`` over the Gram blocks of node pairs that share a
         term with an operator touching a vector node (evaluated row by row).
-    power : int
-        Entries of the power-iteration vectors of a compiled solver (one per
-        parametrised operator, of its synthesis node's size).
     largest_term : int
         Entries of the largest residual term.
     """
@@ -369,7 +366,6 @@ class MemoryEstimate:
     max_taps: int
     explicit: int
     full_block: int
-    power: int
     largest_term: int
 
     def bytes(self, what: str, itemsize: int = 8, memory_budget: int | None = None) -> int:
@@ -377,8 +373,8 @@ class MemoryEstimate:
 
         ``"weights"`` (:func:`random_weights`: every weight at ``itemsize``
         plus two float64 temporaries of the largest), ``"compile"``
-        (:func:`deepframe.compile`: the weights, their float64 draw, the
-        power-iteration vectors and two term-sized temporaries) and
+        (:func:`deepframe.compile`: the weights, their float64 draw and two
+        term-sized temporaries) and
         ``"metrics"`` (the structured geometry's float64 work buffers beyond
         the weights: ``6 + max_taps / 2`` entries per conv atom, plus the
         largest explicit block, plus 9 entries per pair of the largest
@@ -392,7 +388,7 @@ class MemoryEstimate:
         if what == "weights":
             return self.weights * itemsize + draw
         if what == "compile":
-            return (self.weights + self.power + 2 * self.largest_term) * itemsize + draw
+            return (self.weights + 2 * self.largest_term) * itemsize + draw
         if what == "metrics":
             rows = 9 * 8 * self.full_block
             if memory_budget is not None:
@@ -409,7 +405,7 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
     node_sizes = {j: math.prod(g.nodes[j]["shape"]) for j in activation_nodes(g)}
     conv_atoms = sum(node_sizes[j] for j in node_sizes if len(g.nodes[j]["shape"]) == 3)
     specs = term_specs(g)
-    max_taps, explicit, full_block, power, largest_term = 1, 0, 0, 0, 0
+    max_taps, explicit, full_block, largest_term = 1, 0, 0, 0
     for spec in specs:
         largest_term = max(largest_term, math.prod(spec.op.in_shape))
         ops_ = [spec.op, *(p for _, p in spec.targets)]
@@ -420,8 +416,6 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
             else:
                 small, big = min(n_in, n_out), max(n_in, n_out)
                 explicit = max(explicit, small * small + small * big)
-            if op.weight_key is not None:
-                power += n_out
         if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
             sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
             full_block = max(full_block, max(sizes) ** 2)
@@ -434,7 +428,6 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
         max_taps=max_taps,
         explicit=explicit,
         full_block=full_block,
-        power=power,
         largest_term=largest_term,
     )
 
@@ -485,8 +478,6 @@ def check_memory(
         detail = f"{estimate.weights:,} learned weights"
         if key is not None:
             detail += f", the largest {key!r} of shape {'x'.join(map(str, shape))}"
-        if what == "compile":
-            detail += f", and {estimate.power:,} power-iteration entries"
         advice = "use narrower layers, a smaller input shape or fewer dense features"
     raise MemoryBudgetError(
         f"{_WHAT[what]} needs about {format_bytes(need)} ({detail}), more than the memory "
