@@ -560,7 +560,8 @@ def train_command(args) -> int:
     g = _graph(args.arch)
     g.nodes[input_node(g)]["shape"] = tuple(info.input_shape)
     g = validate(g)
-    check_memory(g, "compile", dtype=torch.float32)  # before any work (compile checks again)
+    solver = "pursuit" if args.method != "feedforward" and iterations else "weights"
+    check_memory(g, solver, dtype=torch.float32)  # before any work (compile checks again)
     options = {
         "method": args.method,
         "iterations": iterations,

@@ -354,8 +354,16 @@ class MemoryEstimate:
     full_block : int
         Largest ``N_a * N_b`` over the Gram blocks of node pairs that share a
         term with an operator touching a vector node (evaluated row by row).
-    largest_term : int
-        Entries of the largest residual term.
+    bound : int
+        Bytes of the largest Lipschitz bound a pursuit solver computes at a
+        forward pass (:meth:`deepframe.ops.Operator.sqnorm_bound`, one
+        operator at a time): for a convolution (``C_out x C_in`` kernel,
+        stride ``s``) on a periodic grid of ``G_h x G_w`` (about the input
+        map over ``s``), the complex128 kernel DFT and its Gram over ``G_h x
+        (G_w // 2 + 1)`` frequencies, ``C_out C_in s^2 + 2 m^2`` entries each
+        (``m = min(C_out, C_in s^2)``), counted at 40 bytes per entry for the
+        16-byte entries and eigvalsh's workspace; for a dense operator, three
+        float64 copies of its matrix (the SVD).
     """
 
     weights: int
@@ -366,35 +374,38 @@ class MemoryEstimate:
     max_taps: int
     explicit: int
     full_block: int
-    largest_term: int
+    bound: int
 
     def bytes(self, what: str, itemsize: int = 8, memory_budget: int | None = None) -> int:
         """Estimated peak bytes of an operation, ``itemsize`` bytes per entry.
 
         ``"weights"`` (:func:`random_weights`: every weight at ``itemsize``
-        plus two float64 temporaries of the largest), ``"compile"``
-        (:func:`deepframe.compile`: the weights, their float64 draw and two
-        term-sized temporaries) and
-        ``"metrics"`` (the structured geometry's float64 work buffers beyond
-        the weights: ``6 + max_taps / 2`` entries per conv atom, plus the
-        largest explicit block, plus 9 entries per pair of the largest
-        row-by-row Gram block, which is chunked to at most a quarter of
-        ``memory_budget``). Measured peaks (``ru_maxrss``, torch 2.13, CPU)
-        were 36-155 bytes per conv atom for kernels 1-7, 0.43-0.87 times this
-        estimate (``analysis/bench_memory_estimate.py``).
+        plus two float64 temporaries of the largest; also
+        :func:`deepframe.compile` of a feed-forward network), ``"pursuit"``
+        (:func:`deepframe.compile` of a solver with ``T > 0``: the weights and
+        the Lipschitz bound its first forward pass computes, :attr:`bound`;
+        measured peaks of that bound were 0.88-0.92 times ``32`` bytes per
+        entry, so about 0.7 of this estimate) and ``"metrics"`` (the
+        structured geometry's float64 work buffers beyond the weights:
+        ``6 + max_taps / 2`` entries per conv atom, plus the largest explicit
+        block, plus 9 entries per pair of the largest row-by-row Gram block,
+        which is chunked to at most a quarter of ``memory_budget``). Measured
+        peaks (``ru_maxrss``, torch 2.13, CPU) were 36-155 bytes per conv atom
+        for kernels 1-7, 0.43-0.87 times this estimate
+        (``analysis/bench_memory_estimate.py``).
         """
         largest = math.prod(self.largest_weight[1]) if self.largest_weight[0] else 0
         draw = 2 * 8 * largest
         if what == "weights":
             return self.weights * itemsize + draw
-        if what == "compile":
-            return (self.weights + 2 * self.largest_term) * itemsize + draw
+        if what == "pursuit":
+            return self.weights * itemsize + draw + self.bound
         if what == "metrics":
             rows = 9 * 8 * self.full_block
             if memory_budget is not None:
                 rows = min(rows, memory_budget // 4)
             return int(8 * (self.conv_atoms * (6 + self.max_taps / 2) + self.explicit) + rows)
-        raise ValueError(f"unknown memory estimate {what!r}; expected weights, compile or metrics")
+        raise ValueError(f"unknown memory estimate {what!r}; expected weights, pursuit or metrics")
 
 
 def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
@@ -405,9 +416,8 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
     node_sizes = {j: math.prod(g.nodes[j]["shape"]) for j in activation_nodes(g)}
     conv_atoms = sum(node_sizes[j] for j in node_sizes if len(g.nodes[j]["shape"]) == 3)
     specs = term_specs(g)
-    max_taps, explicit, full_block, largest_term = 1, 0, 0, 0
+    max_taps, explicit, full_block, bound = 1, 0, 0, (0, None)
     for spec in specs:
-        largest_term = max(largest_term, math.prod(spec.op.in_shape))
         ops_ = [spec.op, *(p for _, p in spec.targets)]
         for op in ops_:
             n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
@@ -416,6 +426,7 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
             else:
                 small, big = min(n_in, n_out), max(n_in, n_out)
                 explicit = max(explicit, small * small + small * big)
+            bound = max(bound, (_bound_bytes(op), op.weight_key), key=lambda b: b[0])
         if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
             sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
             full_block = max(full_block, max(sizes) ** 2)
@@ -428,13 +439,30 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
         max_taps=max_taps,
         explicit=explicit,
         full_block=full_block,
-        largest_term=largest_term,
+        bound=bound[0],
     )
+
+
+def _bound_bytes(op: OpSpec) -> int:
+    """Bytes of ``op``'s Lipschitz bound (see :attr:`MemoryEstimate.bound`)."""
+    if op.weight_key is None:
+        return 0
+    if op.kind == "dense":
+        return 3 * 8 * math.prod(op.in_shape) * op.out_shape[0]
+    k = op.kernel_size if op.kind == "conv" else 1
+    s, p = op.stride, op.padding if op.kind == "conv" else 0
+    grid = []
+    for size, out in zip(op.in_shape[1:], op.out_shape[1:]):
+        period = max(size + p, s * out, k, s * (out - 1) + k - p)
+        grid.append(-(-period // s))
+    c_out, c_in = op.out_shape[0], op.in_shape[0] * s * s
+    m = min(c_out, c_in)
+    return 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
 
 
 _WHAT = {
     "weights": "initialising the weights",
-    "compile": "compiling the solver",
+    "pursuit": "the pursuit solver (weights and the Lipschitz bounds of a forward pass)",
     "metrics": "the structured geometry",
 }
 
@@ -452,7 +480,7 @@ def check_memory(
     ----------
     g : networkx.DiGraph
         Validated architecture.
-    what : {"weights", "compile", "metrics"}
+    what : {"weights", "pursuit", "metrics"}
         The operation (see :meth:`MemoryEstimate.bytes`).
     dtype : torch.dtype
         Of the tensors the operation makes.
@@ -478,6 +506,8 @@ def check_memory(
         detail = f"{estimate.weights:,} learned weights"
         if key is not None:
             detail += f", the largest {key!r} of shape {'x'.join(map(str, shape))}"
+        if what == "pursuit":
+            detail += f"; {format_bytes(estimate.bound)} for the largest Lipschitz bound"
         advice = "use narrower layers, a smaller input shape or fewer dense features"
     raise MemoryBudgetError(
         f"{_WHAT[what]} needs about {format_bytes(need)} ({detail}), more than the memory "

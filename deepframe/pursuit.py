@@ -1003,7 +1003,7 @@ def compile(
     g = validate(graph)
     from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
 
-    check_memory(g, "compile", dtype=dtype)
+    check_memory(g, "pursuit" if method != "feedforward" and iterations else "weights", dtype=dtype)
     if method == "feedforward":
         iterations = 0
     net = PursuitNet(

@@ -159,7 +159,7 @@ CASES = [
         2,
         "method='dense'",
     ),  # fmt: skip
-    ("compile too big", ["train", "chain:widths=100000x100000", "--out", "new"], 2, "compiling"),
+    ("compile too big", ["train", "chain:widths=100000x100000", "--out", "new"], 2, "pursuit"),
     ("tiny budget", ["describe", "chain", "--memory-budget", "1k"], 2, "budget of 1 KiB"),
     ("budget not a size", ["describe", "chain", "--memory-budget", "lots"], 2, "--memory-budget"),
     # ---- training settings, checked up front

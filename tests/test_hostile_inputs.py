@@ -125,9 +125,36 @@ def test_memory_estimate_counts_match_the_objects_built(spec):
     assert tuple(weights[key].shape) == shape
     D = df.dictionary(g)
     assert (est.rows, est.atoms) == D.shape
-    df.compile(g, method="deep", iterations=1)  # compiles under its own estimate
     # bytes: the weights at the dtype's size plus two float64 draws of the largest tensor
     assert est.bytes("weights", 4) == 4 * est.weights + 16 * math.prod(shape)
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "c_out", "kernel_size", "stride", "padding"),
+    [((3, 32, 32), 16, 3, 1, 1), ((8, 17, 9), 4, 3, 2, 1), ((2, 8, 8), 5, 5, 1, 0),
+     ((4, 7, 7), 6, 1, 2, 0), ((3, 6, 6), 2, 3, 1, 3)],
+)  # fmt: skip
+def test_lipschitz_bound_estimate_follows_the_periodic_grid(
+    in_shape, c_out, kernel_size, stride, padding
+):
+    """The bound's size uses the grid that deepframe.ops.conv_sqnorm_bound builds."""
+    from deepframe import ops
+    from deepframe.dictionary import OpSpec, _bound_bytes
+
+    out = [ops.conv_output_size(n, kernel_size, stride, padding) for n in in_shape[1:]]
+    spec = OpSpec("conv", in_shape, (c_out, *out), stride, kernel_size, padding, "w")
+    k = torch.ones((c_out, in_shape[0], kernel_size, kernel_size), dtype=torch.float64)
+    grid = []
+    for axis, size in zip((2, 3), in_shape[1:]):
+        live, period = ops._live_taps(k, axis, size, stride, padding)
+        if live.shape[axis] == kernel_size:  # no dead taps: the estimate's grid is exact
+            grid.append(-(-period // stride))
+    if len(grid) == 2:
+        c_in = in_shape[0] * stride * stride
+        m = min(c_out, c_in)
+        assert _bound_bytes(spec) == 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
+    else:  # dead taps shrink the grid: the estimate stays an upper bound
+        assert _bound_bytes(spec) > 0
 
 
 def test_check_memory_refuses_with_the_estimate_before_allocating(monkeypatch):
@@ -137,8 +164,14 @@ def test_check_memory_refuses_with_the_estimate_before_allocating(monkeypatch):
     with pytest.raises(MemoryBudgetError, match=rf"about {need:.3g} TiB \({n:,} learned weights, "
                        r"the largest 'l1->l2' of shape 100000x100000x3x3\)"):  # fmt: skip
         random_weights(g)
-    with pytest.raises(MemoryBudgetError, match="compiling the solver"):
-        df.compile(g)
+    with pytest.raises(MemoryBudgetError, match="pursuit solver"):
+        df.compile(g, iterations=1)
+    with pytest.raises(MemoryBudgetError, match="initialising the weights"):
+        df.compile(g, method="feedforward")
+    wide_map = df.chain((3, 1024, 1024), [8, 16])  # small weights, a 5 GiB Lipschitz bound
+    with pytest.raises(MemoryBudgetError, match="GiB for the largest Lipschitz bound"):
+        df.compile(wide_map, method="deep", iterations=2)
+    assert df.compile(wide_map, method="feedforward").iterations == 0  # no bound needed
     big = df.chain((3, 4096, 4096), [8, 16])
     with pytest.raises(MemoryBudgetError, match="structured geometry"):
         df.metrics_report(big)
