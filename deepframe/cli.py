@@ -92,6 +92,15 @@ def _real(*, minimum: float = 0.0, strict: bool = False, below: float | None = N
     return parse
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 0 (e.g. 0,1,2), got {text!r}"
+        )
+    return tuple(int(p) for p in parts)
+
+
 def _alpha(text: str) -> float | str:
     if text == "fista":
         return text
@@ -250,9 +259,9 @@ def _check_output_file(path: Path, option: str, *, inputs=(), force: bool = Fals
 def _check_output_folder(path: Path, option: str, names: tuple[str, ...]) -> None:
     """An output folder: not a file, its result files not folders, writable."""
     if path.exists() and not path.is_dir():
+        inside = f" ({', '.join(names)})" if names else ""
         raise CommandError(
-            f"{option} {path} is a file: this command writes a folder ({', '.join(names)}); "
-            "give a folder name"
+            f"{option} {path} is a file: this command writes a folder{inside}; give a folder name"
         )
     for name in names:
         if (path / name).is_dir():
@@ -747,7 +756,8 @@ def reproduce_command(args) -> int:
     """The seed paper's Figs. 5-10 and claims end to end: train, attack, measure, report."""
     from .experiments import merge, reproduce
 
-    seeds = None if args.seeds is None else tuple(int(v) for v in args.seeds.split(","))
+    seeds = args.seeds
+    _check_output_folder(Path(args.out), "--out", ())
     if args.merge:
         summary = merge(
             args.merge,
@@ -1119,7 +1129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
     )
     p.add_argument("--out", default="runs/reproduce", help="run folder (resumable)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="comma-separated seeds, e.g. 0,1,2 (default: the profile's)",
+    )
     p.add_argument(
         "--shard",
         default=None,

@@ -235,6 +235,13 @@ CASES = [
     ("describe out exists", ["describe", "chain", "--out", "existing.json"], 2, "--force"),
     ("describe unknown suffix", ["describe", "chain", "--out", "graph.txt"], 2, "suffix"),
     ("describe format without out", ["describe", "chain", "--format", "dot"], 2, "--out"),
+    (
+        "reproduce out is a file",
+        ["reproduce", "--profile", "test", "--out", "afile"],
+        2,
+        "afile is a file",
+    ),  # fmt: skip
+    ("reproduce bad seeds", ["reproduce", "--seeds", "0,x"], 2, "--seeds"),
     # ---- resume and rerun
     ("resume other method", ["train", ARCH, "--out", "run"], 2, "iterations: 0 -> 3"),
     (
