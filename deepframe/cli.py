@@ -758,6 +758,7 @@ def reproduce_command(args) -> int:
 
     seeds = args.seeds
     _check_output_folder(Path(args.out), "--out", ())
+    _say(args, f"device cpu ({args.jobs} model(s) at a time, one process each)")
     if args.merge:
         summary = merge(
             args.merge,

@@ -270,7 +270,7 @@ def test_cli_reproduce_arguments():
     )
     assert args.func is reproduce_command
     assert (args.profile, args.data_dir, args.shard, args.jobs, args.seeds) == (
-        "cifar-small", "/data", "2/3", 1, "0,1"
+        "cifar-small", "/data", "2/3", 1, (0, 1)
     )
     merged = build_parser().parse_args(["reproduce", "--merge", "a", "b", "--out", "c"])
     assert merged.merge == ["a", "b"]
