@@ -3,8 +3,10 @@
 Runs every case in its own subprocess so that its peak memory is its own, and
 prints one line per case plus a JSON summary (``--json``).
 
-Cases (SPEC §5, issue 4):
+Cases (docs/geometry.md, docs/performance.md), in increasing number of atoms:
 
+* ``chain-small``: ``chain((3, 8, 8), (16, 16))``, 2,048 atoms, structured and
+  dense;
 * ``resnet-1``, ``resnet-3``: ``resnet((3, 32, 32))`` with 1 and 3 basic blocks
   per stage (CIFAR 6n+2 family, widths 16/32/64, option-A shortcuts);
 * ``resnet18-width``: ``resnet((3, 32, 32), 2, widths=(64, 128, 256, 512))``,
@@ -15,6 +17,11 @@ Cases (SPEC §5, issue 4):
   target structured/dense speed-up >= 100x. (The dense Gram costs ``2 n N^2``
   flops; a ResNet of that size has ``n > N`` rows, its skips add rows, which
   makes the dense reference slower still.)
+* ``resnet18-112``, ``resnet18-224``: the ResNet-18-width graph at 112x112
+  (6.8 million atoms) and 224x224 (27.3 million atoms).
+
+The dense reference runs for every case of at most 8,192 atoms (its Gram takes
+``8 N^2`` bytes: 0.5 GiB there).
 
 What is timed: ``gram_metrics(D, deep=False)``, i.e. coherence (with its
 location) and FP in one exact pass, float64, after compiling ``D`` (not timed).
@@ -23,8 +30,9 @@ separately as ``nnz_s``. Structured times are the best of ``--repeat`` runs,
 the dense reference runs once (the machine may be shared: the load average is
 printed).
 
-Memory: peak resident set size from ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
-(Linux, KiB), which sees torch's CPU allocations (``tracemalloc`` does not);
+Memory: peak resident set size (``VmHWM`` of ``/proc/self/status`` on Linux,
+else ``resource.getrusage(RUSAGE_SELF).ru_maxrss``), which sees torch's CPU
+allocations (``tracemalloc`` does not);
 ``rss_before`` is that peak just before the first timed call, so
 ``peak - rss_before`` is what the computation itself added on top of the
 interpreter, torch and the compiled dictionary.
@@ -32,6 +40,9 @@ interpreter, torch and the compiled dictionary.
 Usage::
 
     python analysis/bench_geometry.py [--repeat 3] [--threads 2] [--json] [--case NAME ...]
+
+``python analysis/bench.py --section geometry`` runs the same cases as part of
+the one benchmark (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -44,10 +55,41 @@ import subprocess
 import sys
 import time
 
-CASES = ("resnet-1", "resnet-3", "resnet18-width", "ratio-chain")
+CASES = (
+    "chain-small",
+    "ratio-chain",
+    "resnet-1",
+    "resnet-3",
+    "resnet18-width",
+    "resnet18-112",
+    "resnet18-224",
+)
+DENSE_MAX_ATOMS = 8192
+
+
+def _status_mib(field: str) -> float | None:
+    """``VmHWM`` (peak) or ``VmRSS`` (current) resident set of this process, MiB (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 def _maxrss_mib() -> float:
+    """Peak resident set size of this process so far, MiB.
+
+    ``VmHWM`` where Linux has it: unlike ``getrusage(...).ru_maxrss``, which keeps
+    the peak of the process that forked this one across ``execve``, it starts
+    afresh in a new program, so a child started by a large parent (bench.py)
+    reports its own peak.
+    """
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -62,41 +104,72 @@ def _graph(name: str):
         return df.resnet((3, 32, 32), 2, widths=(64, 128, 256, 512))
     if name == "ratio-chain":
         return df.chain((3, 16, 16), (16, 16))
+    if name == "chain-small":
+        return df.chain((3, 8, 8), (16, 16))
+    if name == "resnet18-112":
+        return df.resnet((3, 112, 112), 2, widths=(64, 128, 256, 512))
+    if name == "resnet18-224":
+        return df.resnet((3, 224, 224), 2, widths=(64, 128, 256, 512))
     raise ValueError(f"unknown case {name!r}; expected one of {CASES}")
+
+
+CLOCK = time.perf_counter  # analysis/bench.py --clock cpu sets time.process_time
 
 
 def _best(fn, repeat: int):
     best, out = float("inf"), None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         out = fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, CLOCK() - start)
     return best, out
 
 
-def run_case(name: str, repeat: int) -> dict:
-    """One case in this process: compile, time the structured (and dense) metrics."""
+def _peak_mib(device: str) -> float:
+    """Peak memory so far: RSS of this process, or CUDA tensors on a GPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _maxrss_mib()
+
+
+def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
+    """One case in this process: compile, time the structured (and dense) metrics.
+
+    On CUDA the peak is ``torch.cuda.max_memory_allocated`` instead of the RSS.
+    """
     import torch
 
     import deepframe as df
     from deepframe import geometry
 
     d = df.dictionary(_graph(name), seed=0)
+    if device != "cpu":
+        d = d.to(device=device)
     n, big_n = d.shape
     row = {"case": name, "atoms": big_n, "rows": n, "threads": torch.get_num_threads()}
-    row["rss_before_mib"] = round(_maxrss_mib(), 1)
-    seconds, m = _best(lambda: geometry.gram_metrics(d, deep=False), repeat)
+    row["rss_before_mib"] = round(_peak_mib(device), 1)
+
+    def structured():
+        out = geometry.gram_metrics(d, deep=False)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return out
+
+    seconds, m = _best(structured, repeat)
     row.update(
         structured_s=round(seconds, 3),
         coherence=m.coherence,
         frame_potential=m.frame_potential,
         attained_at=[m.attained_at["atoms"][0]["node"], m.attained_at["atoms"][1]["node"]],
     )
-    row["peak_structured_mib"] = round(_maxrss_mib(), 1)
-    start = time.perf_counter()
+    row["peak_structured_mib"] = round(_peak_mib(device), 1)
+    start = CLOCK()
     row["structural_nonzeros"] = geometry._StructuredGram(d).structural_nonzeros()
-    row["nnz_s"] = round(time.perf_counter() - start, 3)
-    if name.startswith("ratio"):
+    row["nnz_s"] = round(CLOCK() - start, 3)
+    if big_n <= DENSE_MAX_ATOMS:
         seconds, r = _best(lambda: geometry.gram_metrics(d, method="dense", deep=False), 1)
         row.update(
             dense_s=round(seconds, 3),
@@ -104,7 +177,7 @@ def run_case(name: str, repeat: int) -> dict:
             max_abs_diff_coherence=abs(r.coherence - m.coherence),
             rel_diff_fp=abs(r.frame_potential - m.frame_potential) / r.frame_potential,
         )
-        row["peak_dense_mib"] = round(_maxrss_mib(), 1)
+        row["peak_dense_mib"] = round(_peak_mib(device), 1)
     return row
 
 

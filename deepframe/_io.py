@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "format_bytes", "parse_size"]
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -52,3 +56,39 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"16G"``, ``"512M"``, ``"1.5GiB"``, ``"64k"`` or a plain count.
+
+    Units are powers of 1024 (``K``, ``M``, ``G``, ``T``, with or without
+    ``iB``/``B``).
+
+    Raises
+    ------
+    ValueError
+        Not a size, or not positive.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, int):
+        value = float(text)
+    else:
+        match = re.fullmatch(
+            r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I
+        )
+        if match is None:
+            raise ValueError(f"not a size: {text!r}; write e.g. 16G, 512M or a number of bytes")
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"a size must be at least one byte, got {text!r}")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: three significant digits, binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")

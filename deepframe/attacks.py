@@ -1,6 +1,6 @@
 """White-box L-inf attacks (FGSM, PGD), accuracy per eps, gradient-masking audit.
 
-Threat model (SPEC §6): the attacker knows the whole model and perturbs each
+Threat model (docs/robustness.md): the attacker knows the whole model and perturbs each
 input image ``x`` in [0, 1] by at most ``eps`` per pixel (L-inf ball), staying
 in [0, 1]. ``eps`` is in pixel units of the [0, 1] image (``8/255`` is eight
 grey levels); normalisation lives inside the model, so it does not change
@@ -439,7 +439,7 @@ def audit(
     batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> AuditReport:
-    """Sanity checks that expose gradient masking (SPEC §6, Carlini et al. 2019).
+    """Sanity checks that expose gradient masking (docs/robustness.md, Carlini et al. 2019).
 
     A robustness number is only as good as the attack behind it. When the
     gradient the attack follows is useless (zero, shattered, random), a

@@ -1,4 +1,4 @@
-"""Compilation of an architecture graph into its global dictionary (SPEC §3).
+"""Compilation of an architecture graph into its global dictionary (docs/concepts.md).
 
 The global non-negative LASSO of a network is
 
@@ -20,11 +20,20 @@ Stacking all terms gives ``r = y - D w``: row block ``t`` of ``D`` holds
 ``y`` holds the input's contributions. Column blocks follow
 :func:`deepframe.graph.activation_nodes`; row blocks follow the terms in the
 order of their synthesis node, then their target's name.
+
+Memory. Everything that allocates by the size of an architecture (weight
+initialisation, :func:`deepframe.compile`, the geometry) first estimates the
+bytes it needs (:func:`estimate_memory`) and refuses with
+:class:`MemoryBudgetError`, stating the estimate, when that exceeds the
+memory budget: the ``memory_budget`` argument, else the environment variable
+``DEEPFRAME_MEMORY_BUDGET`` (``"16G"``, ``"512M"``, bytes), else
+:data:`DEFAULT_MEMORY_BUDGET` (2 GiB).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,9 +41,19 @@ import networkx as nx
 import torch
 
 from . import ops
+from ._io import format_bytes, parse_size
 from .graph import activation_nodes, input_node, output_node, validate
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MEMORY_BUDGET_ENV",
+    "MemoryBudgetError",
+    "MemoryEstimate",
+    "check_memory",
+    "estimate_memory",
+    "format_bytes",
+    "parse_size",
+    "resolve_memory_budget",
     "Term",
     "GlobalDictionary",
     "dictionary",
@@ -60,6 +79,36 @@ __all__ = [
 NODE_TENSORS = ("lambda", "bn_scale", "bn_mean", "bn_var", "bn_eps")
 #: Keys of the classifier head (global average pooling + linear) in a weights mapping.
 HEAD_KEYS = ("head.weight", "head.bias")
+
+
+#: Bytes a single call may allocate by default (raise it per call with
+#: ``memory_budget=``, or for every call with ``DEEPFRAME_MEMORY_BUDGET``).
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: Environment variable that sets the memory budget when no argument does.
+MEMORY_BUDGET_ENV = "DEEPFRAME_MEMORY_BUDGET"
+
+
+class MemoryBudgetError(MemoryError, ValueError):
+    """A request would need more memory than the budget; the message states the estimate."""
+
+
+def resolve_memory_budget(memory_budget: int | str | None = None) -> int:
+    """The budget in bytes: the argument, else ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+
+    Raises
+    ------
+    ValueError
+        The argument or the environment variable is not a positive size.
+    """
+    if memory_budget is not None:
+        return parse_size(memory_budget)
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {MEMORY_BUDGET_ENV}: {exc}") from None
 
 
 def edge_key(k, j) -> str:
@@ -161,8 +210,17 @@ def random_weights(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    memory_budget: int | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator."""
+    """He-style random weights, ``N(0, 2 / fan_in)``, from a private seeded generator.
+
+    Raises
+    ------
+    MemoryBudgetError
+        The weights would need more than the memory budget (see
+        :func:`check_memory`); nothing is allocated.
+    """
+    check_memory(g, "weights", dtype=dtype, memory_budget=memory_budget)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights = {}
     for key, (shape, fan_in) in parameter_shapes(g).items():
@@ -357,7 +415,7 @@ def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
 
 
 def term_specs(g: nx.DiGraph) -> list[TermSpec]:
-    """The residual terms of a validated graph, without weights (SPEC §3).
+    """The residual terms of a validated graph, without weights (docs/concepts.md).
 
     Edge-centric node ``j``: one term per incoming edge ``k -> j`` (synthesis by the
     edge operator, target ``w_k`` or ``x`` through the identity). Node-centric node
@@ -391,15 +449,204 @@ def term_specs(g: nx.DiGraph) -> list[TermSpec]:
 
 
 def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
-    """The residual terms of a validated graph with the given weights (SPEC §3)."""
+    """The residual terms of a validated graph with the given weights (docs/concepts.md)."""
     return [spec.build(weights) for spec in term_specs(g)]
+
+
+# --------------------------------------------------------------------------
+# memory estimates
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Sizes of a validated architecture that set what its tensors cost (entries, not bytes).
+
+    Attributes
+    ----------
+    weights : int
+        Learned weight entries (all edges and node operators).
+    largest_weight : tuple
+        ``(key, shape)`` of the largest weight tensor, ``(None, ())`` if none.
+    atoms, rows : int
+        ``N`` (code entries, columns of ``D``) and ``n`` (residual entries, rows).
+    conv_atoms : int
+        Atoms of ``(C, H, W)`` nodes.
+    max_taps : int
+        Largest ``kernel_size ** 2`` of an operator between ``(C, H, W)`` maps.
+    explicit : int
+        Entries of the largest explicit operator block the geometry forms for
+        an operator that touches a vector node: ``m * m + m * M`` with ``m``,
+        ``M`` the smaller and larger of its input and output sizes.
+    full_block : int
+        Largest ``N_a * N_b`` over the Gram blocks of node pairs that share a
+        term with an operator touching a vector node (evaluated row by row).
+    bound : int
+        Bytes of the largest Lipschitz bound a pursuit solver computes at a
+        forward pass (:meth:`deepframe.ops.Operator.sqnorm_bound`, one
+        operator at a time): for a convolution (``C_out x C_in`` kernel,
+        stride ``s``) on a periodic grid of ``G_h x G_w`` (about the input
+        map over ``s``), the complex128 kernel DFT and its Gram over ``G_h x
+        (G_w // 2 + 1)`` frequencies, ``C_out C_in s^2 + 2 m^2`` entries each
+        (``m = min(C_out, C_in s^2)``), counted at 40 bytes per entry for the
+        16-byte entries and eigvalsh's workspace; for a dense operator, three
+        float64 copies of its matrix (the SVD).
+    """
+
+    weights: int
+    largest_weight: tuple
+    atoms: int
+    rows: int
+    conv_atoms: int
+    max_taps: int
+    explicit: int
+    full_block: int
+    bound: int
+
+    def bytes(self, what: str, itemsize: int = 8, memory_budget: int | None = None) -> int:
+        """Estimated peak bytes of an operation, ``itemsize`` bytes per entry.
+
+        ``"weights"`` (:func:`random_weights`: every weight at ``itemsize``
+        plus two float64 temporaries of the largest; also
+        :func:`deepframe.compile` of a feed-forward network), ``"pursuit"``
+        (:func:`deepframe.compile` of a solver with ``T > 0``: the weights and
+        the Lipschitz bound its first forward pass computes, :attr:`bound`;
+        measured peaks of that bound were 0.88-0.92 times ``32`` bytes per
+        entry, so about 0.7 of this estimate) and ``"metrics"`` (the
+        structured geometry's float64 work buffers beyond the weights:
+        ``6 + max_taps / 2`` entries per conv atom, plus the largest explicit
+        block, plus 9 entries per pair of the largest row-by-row Gram block,
+        which is chunked to at most a quarter of ``memory_budget``). Measured
+        peaks (``ru_maxrss``, torch 2.13, CPU) were 36-155 bytes per conv atom
+        for kernels 1-7, 0.43-0.87 times this estimate
+        (``analysis/bench_memory_estimate.py``).
+        """
+        largest = math.prod(self.largest_weight[1]) if self.largest_weight[0] else 0
+        draw = 2 * 8 * largest
+        if what == "weights":
+            return self.weights * itemsize + draw
+        if what == "pursuit":
+            return self.weights * itemsize + draw + self.bound
+        if what == "metrics":
+            rows = 9 * 8 * self.full_block
+            if memory_budget is not None:
+                rows = min(rows, memory_budget // 4)
+            return int(8 * (self.conv_atoms * (6 + self.max_taps / 2) + self.explicit) + rows)
+        raise ValueError(f"unknown memory estimate {what!r}; expected weights, pursuit or metrics")
+
+
+def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
+    """The sizes of a validated graph that set its memory cost, without allocating a tensor."""
+    shapes = parameter_shapes(g)
+    weights = sum(math.prod(shape) for shape, _ in shapes.values())
+    largest = max(shapes.items(), key=lambda kv: math.prod(kv[1][0]), default=(None, ((), 0)))
+    node_sizes = {j: math.prod(g.nodes[j]["shape"]) for j in activation_nodes(g)}
+    conv_atoms = sum(node_sizes[j] for j in node_sizes if len(g.nodes[j]["shape"]) == 3)
+    specs = term_specs(g)
+    max_taps, explicit, full_block, bound = 1, 0, 0, (0, None)
+    for spec in specs:
+        ops_ = [spec.op, *(p for _, p in spec.targets)]
+        for op in ops_:
+            n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
+            if len(op.in_shape) == 3 and len(op.out_shape) == 3:
+                max_taps = max(max_taps, op.kernel_size**2)
+            else:
+                small, big = min(n_in, n_out), max(n_in, n_out)
+                explicit = max(explicit, small * small + small * big)
+            bound = max(bound, (_bound_bytes(op), op.weight_key), key=lambda b: b[0])
+        if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
+            sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
+            full_block = max(full_block, max(sizes) ** 2)
+    return MemoryEstimate(
+        weights=weights,
+        largest_weight=(largest[0], tuple(largest[1][0])),
+        atoms=sum(node_sizes.values()),
+        rows=sum(math.prod(spec.op.in_shape) for spec in specs),
+        conv_atoms=conv_atoms,
+        max_taps=max_taps,
+        explicit=explicit,
+        full_block=full_block,
+        bound=bound[0],
+    )
+
+
+def _bound_bytes(op: OpSpec) -> int:
+    """Bytes of ``op``'s Lipschitz bound (see :attr:`MemoryEstimate.bound`)."""
+    if op.weight_key is None:
+        return 0
+    if op.kind == "dense":
+        return 3 * 8 * math.prod(op.in_shape) * op.out_shape[0]
+    k = op.kernel_size if op.kind == "conv" else 1
+    s, p = op.stride, op.padding if op.kind == "conv" else 0
+    grid = []
+    for size, out in zip(op.in_shape[1:], op.out_shape[1:]):
+        period = max(size + p, s * out, k, s * (out - 1) + k - p)
+        grid.append(-(-period // s))
+    c_out, c_in = op.out_shape[0], op.in_shape[0] * s * s
+    m = min(c_out, c_in)
+    return 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
+
+
+_WHAT = {
+    "weights": "initialising the weights",
+    "pursuit": "the pursuit solver (weights and the Lipschitz bounds of a forward pass)",
+    "metrics": "the structured geometry",
+}
+
+
+def check_memory(
+    g: nx.DiGraph,
+    what: str,
+    *,
+    dtype: torch.dtype = torch.float64,
+    memory_budget: int | str | None = None,
+) -> int:
+    """Refuse an operation whose estimated memory exceeds the budget; return the estimate.
+
+    Parameters
+    ----------
+    g : networkx.DiGraph
+        Validated architecture.
+    what : {"weights", "pursuit", "metrics"}
+        The operation (see :meth:`MemoryEstimate.bytes`).
+    dtype : torch.dtype
+        Of the tensors the operation makes.
+    memory_budget : int or str, optional
+        Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+
+    Raises
+    ------
+    MemoryBudgetError
+        With the estimate, what dominates it, the budget and what to do.
+    """
+    budget = resolve_memory_budget(memory_budget)
+    estimate = estimate_memory(g)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = estimate.bytes(what, itemsize, budget)
+    if need <= budget:
+        return need
+    key, shape = estimate.largest_weight
+    if what == "metrics":
+        detail = f"{estimate.atoms:,} atoms, {estimate.conv_atoms:,} of them in conv maps"
+        advice = "use a smaller input shape or narrower layers"
+    else:
+        detail = f"{estimate.weights:,} learned weights"
+        if key is not None:
+            detail += f", the largest {key!r} of shape {'x'.join(map(str, shape))}"
+        if what == "pursuit":
+            detail += f"; {format_bytes(estimate.bound)} for the largest Lipschitz bound"
+        advice = "use narrower layers, a smaller input shape or fewer dense features"
+    raise MemoryBudgetError(
+        f"{_WHAT[what]} needs about {format_bytes(need)} ({detail}), more than the memory "
+        f"budget of {format_bytes(budget)}: {advice}, or raise the budget (memory_budget=, "
+        f"{MEMORY_BUDGET_ENV}=32G, or --memory-budget 32G on the command line) if the "
+        "machine has the memory"
+    )
 
 
 # --------------------------------------------------------------------------
 # the global dictionary
 # --------------------------------------------------------------------------
 class GlobalDictionary:
-    """The structured global dictionary ``D`` of an architecture (SPEC §3, Eq. 12/16).
+    """The structured global dictionary ``D`` of an architecture (docs/concepts.md, Eq. 12/16).
 
     A real linear operator from codes ``w`` (``N`` entries, column blocks =
     activation nodes) to residual space (``n`` entries, row blocks = terms),
@@ -414,6 +661,15 @@ class GlobalDictionary:
         ``{key: tensor}`` as :func:`parameter_shapes` lists.
     lambdas : mapping, optional
         ``{node: (C,) tensor}`` sparsity weights; default from node ``bias``.
+    column_scales : mapping, optional
+        ``{node: (C,) tensor}``: scale node j's atoms channel by channel in its
+        *synthesis* blocks, ``B_t -> B_t S_j`` with ``S_j = diag(s_j)`` (operator
+        ``A_t -> S_j A_t``, :class:`deepframe.ops.Scaled`); the target blocks
+        ``-P_tj`` at column block j stay unscaled. This is batch norm folded
+        into the problem (docs/solvers.md, "Batch norm"): :meth:`deepframe.PursuitNet.dictionary`
+        passes ``s_j = gamma_j / sqrt(running_var_j + eps)``. Since only some
+        blocks of a column scale, normalised columns change direction: the
+        geometry of the folded dictionary differs from the unscaled one.
     dtype, device : optional
         Of the vectors the operator makes (``todense``, ``dottest``); default
         those of the weights (float64 on the CPU for a parameter-free graph).
@@ -425,6 +681,7 @@ class GlobalDictionary:
         weights: Mapping[str, torch.Tensor],
         lambdas: Mapping | None = None,
         *,
+        column_scales: Mapping | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ):
@@ -456,7 +713,11 @@ class GlobalDictionary:
         self.input_shape = tuple(graph.nodes[self.input]["shape"])
         self.nodes = activation_nodes(graph)
         self.node_shapes = {j: tuple(graph.nodes[j]["shape"]) for j in self.nodes}
+        self.column_scales = _check_scales(column_scales, self.nodes, self.node_shapes)
         self.terms = build_terms(graph, self.weights)
+        for t in self.terms:
+            if t.synth in self.column_scales:
+                t.op = ops.Scaled(t.op, self.column_scales[t.synth])
         self.col_sizes = [math.prod(self.node_shapes[j]) for j in self.nodes]
         self.row_sizes = [t.size for t in self.terms]
         self.col_offsets = _offsets(self.col_sizes)
@@ -468,6 +729,9 @@ class GlobalDictionary:
             self.graph,
             {k: w.to(dtype=dtype, device=device) for k, w in self.weights.items()},
             {j: lam.to(dtype=dtype, device=device) for j, lam in self.lambdas.items()},
+            column_scales={
+                j: s.to(dtype=dtype, device=device) for j, s in self.column_scales.items()
+            },
             dtype=dtype if dtype is not None else self.dtype,
             device=device if device is not None else self.device,
         )
@@ -577,7 +841,10 @@ class GlobalDictionary:
 
     # -- the problem ----------------------------------------------------------
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``."""
+        """``y`` for a batch of inputs ``x`` of shape ``(B, *input_shape)``: ``(B, n)``.
+
+        ``x`` as the dictionary sees it (for a compiled model: ``net.normalize(x)``).
+        """
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected inputs of shape (B, {self.input_shape}), got {tuple(x.shape)}"
@@ -606,19 +873,48 @@ class GlobalDictionary:
     def objective(self, x: torch.Tensor, w) -> torch.Tensor:
         """``F(w) = 1/2 ||y - D w||^2 + sum_j <lambda_j, w_j>`` per sample: ``(B,)``.
 
-        ``w`` is ``(B, N)`` or a codes mapping ``{node: (B, *shape)}``.
+        ``w`` is ``(B, N)`` or a codes mapping ``{node: (B, *shape)}``. ``x`` is
+        the signal the dictionary reconstructs, ``y = target(x)``, exactly as
+        given: no normalisation happens here. For a compiled model with input
+        normalisation (``compile(..., mean=, std=)``), whose pursuit runs on
+        ``(x - mean) / std``, pass ``net.normalize(x)``:
+        ``net.dictionary().objective(net.normalize(x), codes)`` is the
+        objective the solver decreases (its trace's ``objective``).
         """
         codes = w if isinstance(w, Mapping) else self.codes(w)
         smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in self.residuals(x, codes))
         return smooth + self.penalty(codes)
 
-    def lipschitz(self, *, exact: bool = False, seed: int = 0) -> dict:
-        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` per node."""
+    def lipschitz(self, *, exact: bool = False, estimate: bool = False, seed: int = 0) -> dict:
+        """``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target} ||P_tj||^2`` per node.
+
+        By the triangle inequality ``L_j >= ||D_j||_2^2 = lambda_max(D_j^T D_j)``,
+        the Lipschitz constant of the block gradient, whenever every
+        ``||.||^2`` is at least the operator's squared norm. How each is taken:
+
+        * default: :meth:`deepframe.ops.Operator.sqnorm_bound`, a provable upper
+          bound (exact for dense, identity and shortcut blocks, the periodic
+          extension for convolutions): what the pursuit solvers use;
+        * ``exact=True``: the spectral norm of each block's dense matrix (small
+          dictionaries);
+        * ``estimate=True``: power iteration (seeded by ``seed``), which
+          approaches each norm *from below*: an estimate, not a bound.
+
+        Returns ``{node: float}``.
+        """
+        if exact and estimate:
+            raise ValueError("lipschitz: choose exact=True or estimate=True, not both")
+
+        def sq(op) -> float:
+            if exact or estimate:
+                return op.sqnorm(exact=exact, seed=seed)
+            return float(op.sqnorm_bound())
+
         out = {j: 0.0 for j in self.nodes}
         for t in self.terms:
-            out[t.synth] += t.op.sqnorm(exact=exact, seed=seed)
+            out[t.synth] += sq(t.op)
             for k, p in t.targets:
-                out[k] += p.sqnorm(exact=exact, seed=seed)
+                out[k] += sq(p)
         return out
 
     # -- exports --------------------------------------------------------------
@@ -680,9 +976,10 @@ class GlobalDictionary:
 
     def __repr__(self) -> str:
         n, big_n = self.shape
+        scaled = f", {len(self.column_scales)} scaled nodes" if self.column_scales else ""
         return (
             f"GlobalDictionary({n} rows x {big_n} atoms, {len(self.terms)} terms, "
-            f"{len(self.nodes)} nodes)"
+            f"{len(self.nodes)} nodes{scaled})"
         )
 
 
@@ -697,6 +994,26 @@ class _Transposed:
 
     def __matmul__(self, r: torch.Tensor) -> torch.Tensor:
         return self._d.rmatvec(r)
+
+
+def _check_scales(scales: Mapping | None, nodes: list, shapes: Mapping) -> dict:
+    """Validate ``{node: (C,) tensor}`` column scales (see :class:`GlobalDictionary`)."""
+    out = {}
+    for j, s in (scales or {}).items():
+        if j not in shapes:
+            raise ValueError(
+                f"GlobalDictionary: column_scales for {j!r}, which is not an activation "
+                f"node; nodes are {nodes}"
+            )
+        c = shapes[j][0]
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != (c,):
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(
+                f"GlobalDictionary: column_scales[{j!r}] must be a tensor of shape ({c},) "
+                f"(one factor per channel of node {j!r}), got {got}"
+            )
+        out[j] = s
+    return out
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -714,6 +1031,7 @@ def dictionary(
     weights: Mapping | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    memory_budget: int | str | None = None,
 ) -> GlobalDictionary:
     """The global dictionary of ``graph`` (validated first).
 
@@ -732,10 +1050,21 @@ def dictionary(
         the edges' weights.
     dtype, device :
         Of the random weights.
+    memory_budget : int or str, optional
+        Cap on the random weights' memory (see :func:`check_memory`).
+
+    Raises
+    ------
+    ArchitectureError
+        The graph is invalid.
+    MemoryBudgetError
+        The random weights would exceed the memory budget.
     """
     g = validate(graph)
     if weights is None:
-        weights = random_weights(g, seed=seed, dtype=dtype, device=device)
+        weights = random_weights(
+            g, seed=seed, dtype=dtype, device=device, memory_budget=memory_budget
+        )
         return GlobalDictionary(g, weights, dtype=dtype, device=device)
     edges, nodes, _ = split_weights(g, weights)
     lambdas = None

@@ -1,4 +1,4 @@
-"""Geometry of the global dictionary: Welch bounds, mutual coherence, frame potentials (SPEC §5).
+"""Geometry of the global dictionary: Welch bounds, mutual coherence, frame potentials.
 
 All metrics are of the global dictionary ``D`` *with unit-norm columns*
 ``d_i / ||d_i||`` (a column that is exactly zero stays zero), for a given
@@ -32,7 +32,7 @@ Two implementations sit behind ``method=``:
     target block ``P``; taps that leave the map are dropped: zero padding).
     Hence ``G[(c,y,x), (c',y',x')] = sum_{taps} Q[c, c', taps] T_y[y, y', alpha,
     alpha'] T_x[x, x', beta, beta']`` with ``Q = sum_i K_a K_b`` (one batched
-    matmul per tap pair) and ``T`` the per-axis window matrices of SPEC §5
+    matmul per tap pair) and ``T`` the per-axis window matrices of docs/geometry.md
     ("``M_x Q M_y^T``"). Along each axis the pairs ``(y, y')`` are grouped into
     classes with the same tap pattern and the same atom-norm classes: in the
     interior one class per offset ``y' - y``, plus the few border classes
@@ -61,7 +61,15 @@ import numpy as np
 import torch
 
 from . import ops
-from .dictionary import GlobalDictionary, dictionary, random_weights
+from .dictionary import (
+    DEFAULT_MEMORY_BUDGET,
+    GlobalDictionary,
+    MemoryBudgetError,
+    check_memory,
+    dictionary,
+    random_weights,
+    resolve_memory_budget,
+)
 from .graph import validate
 
 __all__ = [
@@ -81,14 +89,15 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
 ]
 
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-"""Default cap (bytes) on the dense reference's Gram and on structured work buffers."""
+# DEFAULT_MEMORY_BUDGET (2 GiB, from deepframe.dictionary): the default cap on the dense
+# reference's Gram and on structured work buffers; memory_budget=None means that default
+# or the environment variable DEEPFRAME_MEMORY_BUDGET.
 
 METHODS = ("structured", "dense")
 FIELDS = ("real", "complex")
 
 
-class GramTooLargeError(MemoryError, ValueError):
+class GramTooLargeError(MemoryBudgetError):
     """The dense Gram would not fit the memory budget (use ``method="structured"``)."""
 
 
@@ -277,6 +286,12 @@ class _Piece:
     kernel_size: tuple = (1, 1)
     inc: tuple = ()
     sel: np.ndarray | None = None
+    scale: torch.Tensor | None = None  # per node channel: a Scaled synthesis block (B S)
+
+    @property
+    def base(self) -> ops.Operator:
+        """The operator without its channel scale (:class:`deepframe.ops.Scaled`)."""
+        return self.op.inner if isinstance(self.op, ops.Scaled) else self.op
 
     @property
     def sign(self) -> float:
@@ -291,26 +306,31 @@ class _Piece:
         return self.op.forward(r) if self.role == "synth" else -self.op.adjoint(r)
 
     def kernel(self) -> torch.Tensor:
-        """Learned channel map ``K[c_node, c_res, alpha, beta]``."""
-        w = self.op.weight
-        return w if self.role == "synth" else w.transpose(0, 1)
+        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale)."""
+        w = self.base.weight
+        if self.role != "synth":
+            return w.transpose(0, 1)
+        return w if self.scale is None else w * self.scale.to(w).reshape(-1, 1, 1, 1)
 
     @property
     def parametrised(self) -> bool:
         """Whether the operator has learned weights (else its entries are constants)."""
-        return self.op.weight is not None
+        return self.base.weight is not None
 
     def support_piece(self) -> _Piece:
-        """The same piece with every learned weight replaced by 1 (float64; support patterns)."""
+        """The same piece with every learned weight replaced by 1 and no channel scale
+        (float64; the architecture's support patterns)."""
         if not self.parametrised:
-            return self
-        op = self.op
+            if self.scale is None:
+                return self
+            return dataclasses.replace(self, op=self.base, scale=None)
+        op = self.base
         ones = torch.ones(op.weight.shape, dtype=torch.float64, device=op.weight.device)
         if isinstance(op, ops.Conv):
             new = ops.Conv(ones, op.in_shape, stride=op.stride, padding=op.padding)
         else:
             new = ops.Dense(ones, op.in_shape)
-        return dataclasses.replace(self, op=new)
+        return dataclasses.replace(self, op=new, scale=None)
 
 
 def _incidence(
@@ -341,6 +361,9 @@ def _make_piece(ti: int, node, role: str, op: ops.Operator) -> _Piece:
     else:
         node_shape, res_shape = op.in_shape, op.out_shape
     piece = _Piece(ti, node, role, op, tuple(node_shape), tuple(res_shape))
+    if isinstance(op, ops.Scaled):  # batch norm folded: the node's atoms scaled per channel
+        piece.scale = op.scale
+        op = op.inner
     if len(node_shape) != 3 or len(res_shape) != 3 or isinstance(op, ops.Dense):
         return piece
     transposed = role == "synth"
@@ -488,9 +511,10 @@ class _StructuredGram:
     serves every step of :func:`minimize_frame_potential`.
     """
 
-    def __init__(self, d: GlobalDictionary, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, d: GlobalDictionary, *, memory_budget: int | str | None = None):
         self.d = d
-        self.memory_budget = int(memory_budget)
+        self.memory_budget = resolve_memory_budget(memory_budget)
+        check_memory(d.graph, "metrics", dtype=d.dtype, memory_budget=self.memory_budget)
         self.node_index = {j: i for i, j in enumerate(d.nodes)}
         self.pieces: dict = {j: [] for j in d.nodes}
         term_pieces = []
@@ -563,6 +587,8 @@ class _StructuredGram:
                     total = total + torch.einsum("cab,ya,xb->cyx", energy, vy, vx)
                 else:
                     keep = torch.as_tensor(piece.sel >= 0, dtype=dtype, device=device)
+                    if piece.scale is not None:
+                        keep = keep * piece.scale.to(dtype=dtype, device=device).square()
                     total = total + keep[:, None, None] * (vy[:, 0, None] * vx[None, :, 0])
             out[j] = total
         return out
@@ -656,8 +682,9 @@ class _StructuredGram:
                     if ps.parametrised or po.parametrised:
                         s1, o1 = ps.support_piece(), po.support_piece()
                         supp += o1.transpose(_abs_column(s1, e)).flatten(1).abs()
-                    else:
-                        const += po.transpose(ps.column(e.to(self.d.dtype))).flatten(1).double()
+                    else:  # the architecture's constants: channel scales left out
+                        s1, o1 = ps.support_piece(), po.support_piece()
+                        const += o1.transpose(s1.column(e.to(self.d.dtype))).flatten(1).double()
             hit = (supp > 0) | (const != 0)
             if block.ia == block.ib:
                 idx = torch.arange(i0, i1, device=self.d.device)
@@ -730,7 +757,7 @@ class _StructuredGram:
         mult_x = torch.as_tensor(ax.mult, dtype=dtype, device=device)
         # Entry (c, c') of class pair (p, q):
         #   R = sum_contributions sign sum_{ly in window_y[p]} sum_{lx in window_x[q]} Q[ly, lx]
-        # (SPEC §5's M_y Q M_x^T). A y-class uses at most kernel_size taps: sum those
+        # (docs/geometry.md's M_y Q M_x^T). A y-class uses at most kernel_size taps: sum those
         # slices of Q, then one small GEMM with the x windows. In a diagonal block the
         # class pair of (y', y), (x', x) holds the transposed entries of that of (y, y'),
         # (x, x'): evaluate the y-classes p <= mirror(p) only, the others by weight 2.
@@ -918,19 +945,31 @@ def _tap_products(
         # bmm is pathologically slow on strided views: hand it contiguous operands.
         ka = gathered(pa, 0)[:, c0:c1].contiguous()
         return torch.bmm(ka, gathered(pb, 1, transpose=True))
+    # a selection piece of a scaled synthesis block contributes its scale per channel
+    scale_a = None if pa.scale is None else pa.scale[c0:c1].to(dtype=dtype, device=device)
+    scale_b = None if pb.scale is None else pb.scale.to(dtype=dtype, device=device)
     if pa.learned:
         ka = gathered(pa, 0)[:, c0:c1]  # (L, c, i)
         if _is_identity(pb.sel, ka.shape[2]):
-            return ka
-        sel = torch.as_tensor(pb.sel, device=device)
-        return ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+            q = ka
+        else:
+            sel = torch.as_tensor(pb.sel, device=device)
+            q = ka[:, :, sel.clamp_min(0)] * (sel >= 0).to(dtype)
+        return q if scale_b is None else q * scale_b
     if pb.learned:
         kb = gathered(pb, 1, transpose=True)  # (L, i, c')
         if c0 == 0 and _is_identity(pa.sel[c0:c1], kb.shape[1]):
-            return kb
-        sel = torch.as_tensor(pa.sel[c0:c1], device=device)
-        return kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
-    return _select_select(pa.sel[c0:c1], pb.sel, dtype, device)[None]
+            q = kb
+        else:
+            sel = torch.as_tensor(pa.sel[c0:c1], device=device)
+            q = kb[:, sel.clamp_min(0)] * (sel >= 0).to(dtype)[None, :, None]
+        return q if scale_a is None else q * scale_a[None, :, None]
+    q = _select_select(pa.sel[c0:c1], pb.sel, dtype, device)
+    if scale_a is not None:
+        q = q * scale_a[:, None]
+    if scale_b is not None:
+        q = q * scale_b[None, :]
+    return q[None]
 
 
 def _is_identity(sel: np.ndarray, size: int) -> bool:
@@ -951,9 +990,10 @@ def _dense_matrix(d: GlobalDictionary, memory_budget: int) -> torch.Tensor:
     return d.matvec(eye).T.to(torch.float64)
 
 
-def _check_dense_budget(big_n: int, n: int, itemsize: int, memory_budget: int) -> None:
+def _check_dense_budget(big_n: int, n: int, itemsize: int, memory_budget: int | None) -> None:
     # D, its normalised copy and two N x N arrays (the Gram, and the identity batch
     # or the structure pattern)
+    memory_budget = resolve_memory_budget(memory_budget)
     need = itemsize * (2 * big_n * big_n + 2 * n * big_n)
     if need > memory_budget:
         raise GramTooLargeError(
@@ -1103,7 +1143,7 @@ def gram_metrics(
     order: int = 1,
     deep: bool = True,
     details: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> GramMetrics:
     """Coherence, frame potential and deep frame potential of ``D`` in one pass.
 
@@ -1121,9 +1161,11 @@ def gram_metrics(
         Also compute the structural count ``N_nz`` and the deep frame potential.
     details : bool
         Also return the per-block breakdown (:attr:`GramMetrics.blocks`).
-    memory_budget : int
-        Bytes; the dense method refuses (:class:`GramTooLargeError`) beyond it,
-        the structured method sizes its work chunks by it.
+    memory_budget : int or str, optional
+        Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
+        The dense method refuses (:class:`GramTooLargeError`) beyond it; the
+        structured method refuses (:class:`~deepframe.dictionary.MemoryBudgetError`)
+        when its estimated work buffers exceed it, and sizes its chunks by it.
 
     Returns
     -------
@@ -1197,17 +1239,15 @@ def _structured_metrics(
     return GramMetrics(mu, fp, dfp, big_n, n, nonzero, n_nz, attained, blocks, "structured", order)
 
 
-def mutual_coherence(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
-) -> float:
+def mutual_coherence(D, *, method: str = "structured", memory_budget: int | None = None) -> float:
     """Mutual coherence ``mu(D) = max_{i != j} |<d_i, d_j>| / (||d_i|| ||d_j||)``.
 
     Parameters
     ----------
     D : GlobalDictionary, torch.Tensor or numpy.ndarray
     method : ``"structured"`` (default, exact, never forms the Gram) or ``"dense"``
-    memory_budget : int
-        Bytes the dense method may use for the Gram.
+    memory_budget : int or str, optional
+        Bytes the method may use (see :func:`gram_metrics`).
 
     Returns
     -------
@@ -1217,7 +1257,7 @@ def mutual_coherence(
 
 
 def frame_potential(
-    D, *, k: int = 1, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, k: int = 1, method: str = "structured", memory_budget: int | None = None
 ) -> float:
     """Frame potential of the unit-norm atoms: ``FP = ||G||_F^2 = sum_{i,j} |G_ij|^2``.
 
@@ -1244,20 +1284,51 @@ def frame_potential(
 
 
 def deep_frame_potential(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, method: str = "structured", memory_budget: int | None = None
 ) -> float:
     """Deep frame potential: mean squared Gram entry over the structurally nonzero pairs.
 
         DFP(D) = (1 / N_nz) sum_{(i, j) in S} G_ij^2 = (FP(D) - N') / N_nz
 
-    ``S`` is the set of ordered off-diagonal pairs ``(i, j)``, ``i != j``, whose
-    Gram entry is nonzero for *some* weights of the architecture (for a global
-    dictionary: the atoms' supports overlap in some term and the contributions
-    are not parameter-free ones that cancel), ``N_nz = |S|`` counts both
-    ``(i, j)`` and ``(j, i)``, ``N'`` is the number of nonzero atoms. Since
-    ``mu^2`` is the maximum of what is averaged, ``DFP <= mu^2``. For a plain
-    matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, ``i != j``
-    (all pairs for a generic dense matrix: ``DFP = (FP - N) / (N (N - 1))``).
+    with ``G = D_n^T D_n`` the Gram of the unit-norm columns. Precisely:
+
+    * **which entries**: ``S``, the ordered off-diagonal pairs ``(i, j)``,
+      ``i != j``, whose Gram entry is nonzero for *some* weights of the
+      architecture (for a global dictionary: the atoms' supports overlap in
+      some term and the contributions are not parameter-free ones that
+      cancel); ``N_nz = |S|`` counts ``(i, j)`` and ``(j, i)`` separately. For
+      a plain matrix ``S`` is the support overlap ``(|D|^T |D|)_ij > 0``, all
+      pairs for a generic dense matrix, giving the classical mean
+      ``(FP - N) / (N (N - 1))``.
+    * **squared**: the entries ``G_ij^2`` are averaged, not ``|G_ij|``: the
+      frame potential ``FP = ||G||_F^2`` is a sum of squares (smooth in the
+      weights, and the quantity Welch-type bounds control). ``sqrt(DFP)`` is
+      the root-mean-square inner product of two atoms that can interact.
+    * **diagonal excluded**: ``G_ii = 1`` for every nonzero atom (0 for a zero
+      column), a constant ``N'`` that says nothing about the atoms' mutual
+      geometry; removing it is the ``- N'``.
+    * **why ``N_nz``, not ``N (N - 1)``**: every entry outside ``S`` is zero for
+      all weights, so it is forced by the architecture, not achieved by it;
+      averaging over ``S`` only measures the inner products the weights
+      control, and does not credit sparse connectivity for its structural
+      zeros. This is the "average nonzero magnitude of inner products between
+      atoms" of Murdock & Lucey (CVPR 2020), in its squared form.
+
+    Relation to the coherence: ``mu^2 = max_{i != j} G_ij^2`` is the largest of
+    the averaged numbers (entries outside ``S`` are zero), so
+
+        mu^2 >= DFP = (FP - N') / N_nz,
+
+    and with any lower bound ``FP >= FP_lb`` (:func:`lower_bounds`),
+    ``mu^2 >= (FP_lb - N') / N_nz``. Model selection uses the minimum over
+    the weights, ``DFP* = min_W DFP(D(W))``: every weight setting of the
+    architecture has ``mu(W)^2 >= DFP(W) >= DFP*``, so ``sqrt(DFP*)`` lower-bounds
+    the coherence the architecture can reach, and architectures are compared
+    by it without data (:func:`minimize_frame_potential` approximates
+    ``DFP*`` from above by gradient descent).
+
+    For a batch-norm folded dictionary (``column_scales``) ``S`` is the
+    architecture's: the channel scales change values, not supports.
 
     Parameters
     ----------
@@ -1276,7 +1347,7 @@ def deep_frame_potential(
 
 
 def coherence_breakdown(
-    D, *, method: str = "structured", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    D, *, method: str = "structured", memory_budget: int | None = None
 ) -> list[dict]:
     """Per block pair ``(a, b)`` of nodes: the largest ``|G_ij|`` and where it is attained.
 
@@ -1315,7 +1386,7 @@ def _as_dictionary(graph_or_D):
 
 
 def lower_bounds(graph_or_D, *, orders: tuple = (1,), field: str = "real") -> dict:
-    """Welch and structured (architecture-dependent) lower bounds (SPEC §5).
+    """Welch and structured (architecture-dependent) lower bounds (docs/geometry.md).
 
     With ``N`` atoms (structurally nonzero columns), ``n`` rows, ``N_j`` atoms
     of node ``j`` and ``r_j = min(N_j, rows where column block j is
@@ -1423,7 +1494,7 @@ def minimize_frame_potential(
     method: str = "structured",
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> FramePotentialResult:
     """Minimum deep frame potential of an architecture by gradient descent over its weights.
 
@@ -1438,6 +1509,15 @@ def minimize_frame_potential(
     objective is invariant to the scale of each atom, so only the directions of
     the atoms move. No data is involved.
 
+    The paper's model-selection criterion is the minimum ``DFP* = min_W
+    DFP(W)`` (see :func:`deep_frame_potential` for the normalisation): since
+    ``mu(W)^2 >= DFP(W) >= DFP*`` for all weights, a lower ``DFP*`` is a lower
+    floor on the coherence the architecture can reach. The problem is not
+    convex: the returned ``final`` DFP is an upper estimate of ``DFP*``
+    (reached from one seed in ``steps`` steps), so compare architectures with
+    the same ``steps``, ``lr`` and seeds, and read ``sqrt(final)`` as an
+    estimate, not a certified bound, of that floor.
+
     Parameters
     ----------
     graph : networkx.DiGraph
@@ -1450,7 +1530,8 @@ def minimize_frame_potential(
         Where to compute (default CPU). With float64 the result does not depend
         on it beyond rounding.
     dtype : torch.dtype
-    memory_budget : int
+    memory_budget : int or str, optional
+        See :func:`gram_metrics`.
 
     Returns
     -------
@@ -1463,7 +1544,9 @@ def minimize_frame_potential(
         raise ValueError(f"lr must be positive, got {lr!r}")
     g = validate(graph)
     device = torch.device(device if device is not None else "cpu")
-    initial = random_weights(g, seed=seed, dtype=torch.float64, device="cpu")
+    initial = random_weights(
+        g, seed=seed, dtype=torch.float64, device="cpu", memory_budget=memory_budget
+    )
     params = {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in initial.items()}
     d = GlobalDictionary(g, params)
     if method == "structured":
@@ -1519,7 +1602,7 @@ def metrics_report(
     weights: Mapping | None = None,
     orders: tuple = (1, 2),
     details: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> dict:
     """All geometry of one dictionary as a JSON-serialisable dict (``deepframe metrics``).
 
@@ -1536,7 +1619,8 @@ def metrics_report(
         Orders of the Welch bounds to report.
     details : bool
         Include the per-block breakdown.
-    memory_budget : int
+    memory_budget : int or str, optional
+        See :func:`gram_metrics`.
 
     Returns
     -------
@@ -1550,7 +1634,7 @@ def metrics_report(
     if isinstance(graph_or_D, GlobalDictionary):
         d = graph_or_D
     elif isinstance(graph_or_D, nx.DiGraph):
-        d = dictionary(graph_or_D, seed=seed, weights=weights)
+        d = dictionary(graph_or_D, seed=seed, weights=weights, memory_budget=memory_budget)
     else:
         raise TypeError(
             f"metrics_report needs a graph or a GlobalDictionary, got {type(graph_or_D).__name__}"

@@ -1,6 +1,6 @@
 """Architecture graphs: validation, shape inference, builders and node-link I/O.
 
-An architecture is a plain :class:`networkx.DiGraph` (SPEC §2):
+An architecture is a plain :class:`networkx.DiGraph` (docs/concepts.md):
 
 * one **input** node: ``kind="input"``, ``shape=(C, H, W)`` or ``(d,)``;
 * **activation** nodes: ``channels`` (conv activation) or ``features`` (dense
@@ -47,6 +47,8 @@ __all__ = [
     "resnet",
     "densenet",
     "load",
+    "loads",
+    "dumps",
     "save",
     "from_spec",
     "activation_nodes",
@@ -257,7 +259,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
     Parameters
     ----------
     g : networkx.DiGraph
-        The architecture (SPEC §2). Not modified.
+        The architecture (docs/concepts.md). Not modified.
 
     Returns
     -------
@@ -447,8 +449,49 @@ def output_node(g: nx.DiGraph):
 # --------------------------------------------------------------------------
 def _input_graph(input_shape: Sequence[int]) -> nx.DiGraph:
     g = nx.DiGraph()
-    g.add_node("x", kind="input", shape=tuple(int(s) for s in input_shape))
+    g.add_node("x", kind="input", shape=tuple(input_shape))
     return g
+
+
+def _check_int(builder: str, name: str, value: Any, minimum: int = 1) -> int:
+    """A builder argument that must be an integer ``>= minimum`` (no bools, no floats)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArchitectureError(
+            f"{builder}: {name} must be an integer, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ArchitectureError(f"{builder}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_ints(builder: str, name: str, values: Any, *, lengths: tuple = ()) -> tuple[int, ...]:
+    """A builder argument that must be a non-empty sequence of positive integers."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ArchitectureError(
+            f"{builder}: {name} must be a sequence of positive integers, got {values!r}"
+        )
+    if len(values) == 0:
+        raise ArchitectureError(f"{builder}: {name} is empty; give at least one entry")
+    if lengths and len(values) not in lengths:
+        raise ArchitectureError(
+            f"{builder}: {name} must have {' or '.join(map(str, lengths))} entries, "
+            f"got {tuple(values)!r}"
+        )
+    return tuple(_check_int(builder, f"{name} entry", v) for v in values)
+
+
+def _check_flag(builder: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ArchitectureError(f"{builder}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_choice(builder: str, name: str, value: Any, choices: tuple) -> Any:
+    if not isinstance(value, str) or value not in choices:
+        raise ArchitectureError(
+            f"{builder}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return value
 
 
 def chain(
@@ -481,11 +524,18 @@ def chain(
         ``"input"`` builds the node-centric form (Eq. 16): identity edges and the
         layer operators on the nodes. Same dictionary for a chain.
     """
+    input_shape = _check_ints("chain", "input_shape", input_shape, lengths=(1, 3))
+    widths = _check_ints("chain", "widths", widths)
+    kernel_size = _check_int("chain", "kernel_size", kernel_size)
+    merge = _check_choice("chain", "merge", merge, MERGES)
+    _check_flag("chain", "batchnorm", batchnorm)
     if dense is None:
         dense = len(input_shape) == 1
+    _check_flag("chain", "dense", dense)
     strides = list(strides) if strides is not None else [1] * len(widths)
     if len(strides) != len(widths):
-        raise ValueError(f"chain: {len(widths)} widths but {len(strides)} strides")
+        raise ArchitectureError(f"chain: {len(widths)} widths but {len(strides)} strides")
+    strides = _check_ints("chain", "strides", strides)
     g = _input_graph(input_shape)
     prev = "x"
     for i, (width, stride) in enumerate(zip(widths, strides), start=1):
@@ -534,10 +584,13 @@ def resnet(
     shortcut : ``"A"`` or ``"B"``
         Option A (zero-padding ``shortcut`` edge) or B (``project`` edge).
     """
-    if shortcut not in ("A", "B"):
-        raise ValueError(f"resnet: shortcut must be 'A' or 'B', got {shortcut!r}")
-    if blocks_per_stage < 1:
-        raise ValueError(f"resnet: blocks_per_stage must be >= 1, got {blocks_per_stage}")
+    input_shape = _check_ints("resnet", "input_shape", input_shape, lengths=(1, 3))
+    blocks_per_stage = _check_int("resnet", "blocks_per_stage", blocks_per_stage)
+    widths = _check_ints("resnet", "widths", widths)
+    shortcut = _check_choice("resnet", "shortcut", shortcut, ("A", "B"))
+    kernel_size = _check_int("resnet", "kernel_size", kernel_size)
+    _check_flag("resnet", "batchnorm", batchnorm)
+    _check_flag("resnet", "skips", skips)
     node = {"bias": bias, "batchnorm": batchnorm}
     conv = {"op": "conv", "kernel_size": kernel_size}
     g = _input_graph(input_shape)
@@ -582,6 +635,11 @@ def densenet(
     learned skips make the global dictionary denser than a ResNet's identity
     skips (Murdock & Lucey 2020).
     """
+    input_shape = _check_ints("densenet", "input_shape", input_shape, lengths=(1, 3))
+    layers_per_stage = _check_int("densenet", "layers_per_stage", layers_per_stage)
+    widths = _check_ints("densenet", "widths", widths)
+    kernel_size = _check_int("densenet", "kernel_size", kernel_size)
+    _check_flag("densenet", "batchnorm", batchnorm)
     node = {"bias": bias, "batchnorm": batchnorm}
     g = _input_graph(input_shape)
     g.add_node("stem", channels=int(widths[0]), **node)
@@ -612,6 +670,87 @@ def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
 
     Derived attributes (inferred shapes) are dropped; the input's ``shape`` stays.
     """
+    text = dumps(g)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+#: Largest architecture file :func:`load` reads (bytes). A node-link graph of
+#: a few thousand nodes takes well under a megabyte.
+MAX_ARCHITECTURE_BYTES = 64 * 1024**2
+
+
+def load(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a node-link JSON architecture and :func:`validate` it.
+
+    The file must be UTF-8 JSON (a byte-order mark is accepted) in networkx's
+    node-link layout, with the edges under ``"edges"`` or ``"links"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ArchitectureError
+        ``path`` is a folder, unreadable, larger than
+        :data:`MAX_ARCHITECTURE_BYTES`, not UTF-8, not JSON, nested too
+        deeply, not node-link data, or an invalid graph. The message names
+        the path.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ArchitectureError(
+            f"{path} is a folder, not an architecture file: give a node-link .json file"
+        )
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ARCHITECTURE_BYTES + 1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no architecture file at {path}") from None
+    except OSError as exc:
+        raise ArchitectureError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if len(raw) > MAX_ARCHITECTURE_BYTES:
+        raise ArchitectureError(
+            f"{path} is larger than {MAX_ARCHITECTURE_BYTES // 1024**2} MiB, far more than a "
+            "node-link architecture needs: is it the right file?"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ArchitectureError(
+            f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+            "save the architecture as UTF-8 JSON"
+        ) from None
+    return loads(text, where=path)
+
+
+def loads(text: str, *, where: str = "architecture") -> nx.DiGraph:
+    """:func:`load` for node-link JSON text; ``where`` names its source in errors."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArchitectureError(
+            f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ArchitectureError(
+            f"{where}: JSON nested too deeply to be a node-link architecture"
+        ) from None
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise ArchitectureError(f"{where}: not a networkx node-link graph (no 'nodes')")
+    key = "edges" if "edges" in data else "links"
+    if key not in data:
+        raise ArchitectureError(f"{where}: not a networkx node-link graph (no 'edges' or 'links')")
+    try:
+        g = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
+    except (KeyError, TypeError, AttributeError, ValueError, nx.NetworkXError) as exc:
+        raise ArchitectureError(f"{where}: malformed node-link data ({exc!s:.200})") from None
+    try:
+        return validate(g)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
+
+
+def dumps(g: nx.DiGraph) -> str:
+    """:func:`save` as text: node-link JSON without the inferred shapes."""
     h = g.copy()
     for _, a in h.nodes(data=True):
         if a.get("kind") != "input":
@@ -621,28 +760,7 @@ def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
     for _, _, a in h.edges(data=True):
         for key in _DERIVED:
             a.pop(key, None)
-    data = nx.node_link_data(h, edges="edges")
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-
-
-def load(path: str | os.PathLike) -> nx.DiGraph:
-    """Read a node-link JSON architecture and :func:`validate` it."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no architecture file at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ArchitectureError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or "nodes" not in data:
-        raise ArchitectureError(f"{path}: not a networkx node-link graph (no 'nodes')")
-    key = "edges" if "edges" in data else "links"
-    try:
-        g = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
-    except (KeyError, TypeError, nx.NetworkXError) as exc:
-        raise ArchitectureError(f"{path}: malformed node-link data ({exc})") from None
-    return validate(g)
+    return json.dumps(nx.node_link_data(h, edges="edges"), indent=1)
 
 
 _BUILDERS = {"chain": chain, "resnet": resnet, "densenet": densenet}
@@ -651,23 +769,69 @@ _BUILDERS = {"chain": chain, "resnet": resnet, "densenet": densenet}
 def from_spec(spec: str) -> nx.DiGraph:
     """An architecture from a command-line spec or a JSON file.
 
-    ``"resnet"``, ``"resnet:blocks_per_stage=2,shortcut=B"``,
-    ``"chain:input_shape=1x8x8,widths=8x16"`` (``x`` separates tuple entries),
-    or the path of a node-link JSON file.
+    A spec is a builder name, optionally followed by ``:`` and
+    comma-separated ``key=value`` options: ``"resnet"``,
+    ``"resnet:blocks_per_stage=2,shortcut=B"``,
+    ``"chain:input_shape=1x8x8,widths=8x16"``. Values are integers,
+    floats, ``true``/``false``, tuples written with ``x`` (``8x16``, a
+    single entry for a one-entry tuple) or words (``B``). Anything else is
+    the path of a node-link JSON file; a file whose name is also a builder's
+    is ambiguous: write ``./resnet`` for the file or ``resnet:`` for the
+    builder.
+
+    Raises
+    ------
+    ArchitectureError
+        An unknown builder or option, an option given twice or without a
+        value, an option of the wrong type or out of range, an ambiguous
+        name, or a bad file (see :func:`load`).
+    FileNotFoundError
+        A ``.json`` path that does not exist.
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ArchitectureError(
+            f"empty architecture {spec!r}: give a builder ({', '.join(sorted(_BUILDERS))}) "
+            "or a node-link .json file"
+        )
+    name, colon, rest = spec.partition(":")
+    if name in _BUILDERS:
+        if not colon and os.path.exists(spec):
+            raise ArchitectureError(
+                f"{spec!r} is both a builder and a file in this folder: write "
+                f"'{spec}:' for the builder or './{spec}' for the file"
+            )
+        return _from_builder(spec, name, rest)
     if os.path.exists(spec) or spec.endswith(".json"):
         return load(spec)
-    name, _, rest = spec.partition(":")
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"unknown architecture {name!r}: expected one of {sorted(_BUILDERS)} or a .json file"
-        )
+    raise ArchitectureError(
+        f"unknown architecture {name!r}: expected one of {sorted(_BUILDERS)} (a builder spec "
+        "such as resnet:blocks_per_stage=2) or an existing node-link .json file"
+    )
+
+
+def _from_builder(spec: str, name: str, rest: str) -> nx.DiGraph:
+    import inspect
+
+    builder = _BUILDERS[name]
+    options = list(inspect.signature(builder).parameters)
     kwargs: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in rest.split(","):
+        if not item.strip():
+            continue
         key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
         if not eq:
-            raise ValueError(f"architecture spec {spec!r}: expected key=value, got {item!r}")
-        kwargs[key.strip()] = _parse_value(value.strip())
+            raise ArchitectureError(f"architecture spec {spec!r}: expected key=value, got {item!r}")
+        if key not in options:
+            raise ArchitectureError(
+                f"architecture spec {spec!r}: {name} has no option {key!r}; its options are "
+                f"{', '.join(options)}"
+            )
+        if key in kwargs:
+            raise ArchitectureError(f"architecture spec {spec!r}: option {key!r} is given twice")
+        if not value:
+            raise ArchitectureError(f"architecture spec {spec!r}: option {key!r} has no value")
+        kwargs[key] = _parse_value(value)
     if name == "chain":
         kwargs.setdefault("input_shape", (1, 8, 8))
         kwargs.setdefault("widths", (8, 16))
@@ -675,9 +839,9 @@ def from_spec(spec: str) -> nx.DiGraph:
         if key in kwargs and not isinstance(kwargs[key], tuple):
             kwargs[key] = (kwargs[key],)
     try:
-        return _BUILDERS[name](**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"architecture spec {spec!r}: {exc}") from None
+        return builder(**kwargs)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"architecture spec {spec!r}: {exc}") from None
 
 
 def _parse_value(text: str) -> Any:

@@ -1,4 +1,4 @@
-"""Pursuit solvers compiled from architecture graphs (SPEC §4).
+"""Pursuit solvers compiled from architecture graphs (docs/solvers.md).
 
 ``compile(graph, method=..., iterations=T)`` returns a :class:`PursuitNet`, a
 ``torch.nn.Module`` that approximately solves the global non-negative LASSO
@@ -13,9 +13,10 @@ linear). Methods, in a string-keyed registry:
   topological order with ``a_j = sum_{t: synth j} A_t (target_t)``, which is
   ``sum_{k -> j} A_jk w_k`` for edge-centric nodes (the ordinary network) and
   ``A_j (sum_k E_jk w_k)`` for node-centric ones (Eq. 17).
-* ``"layered"`` (L-BP, Algorithm 1): node by node, feed-forward initialisation,
-  then T proximal-gradient steps on the node's own terms only (predecessors
-  fixed, no feedback).
+* ``"layered"`` (L-BP, Algorithm 1): node by node, start from the feed-forward
+  threshold (Eq. 9; of the predecessors' final codes by default, see
+  ``layered_init``), then T proximal-gradient steps on the node's own terms
+  only (predecessors fixed at their final codes, no feedback).
 * ``"deep"`` (DP, Algorithm 2): feed-forward initialisation, then T sweeps of
   block coordinate descent over all nodes (Gauss-Seidel by default) with
   extrapolation (Eq. 14) and the proximal step (Eq. 13)
@@ -23,7 +24,8 @@ linear). Methods, in a string-keyed registry:
       w_j <- ReLU( w^_j - s_j (grad_j f + lambda_j) ),    s_j = 1 / (beta_j L_j)
 
   where ``grad_j f`` is Eq. 15 / Eq. 18 in the terms' notation
-  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t``.
+  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t`` and ``L_j`` a
+  provable upper bound on its Lipschitz constant (:meth:`PursuitNet.lipschitz`).
   DP-res is DP on a graph with skip edges.
 
 No ``.item()``, no data-dependent Python branching and no detach inside the
@@ -58,6 +60,7 @@ __all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
 METHODS = ("feedforward", "layered", "deep")
 SCHEDULES = ("gauss-seidel", "jacobi")
 THRESHOLDS = ("step", "paper")
+LAYERED_INITS = ("final", "feedforward")
 NEGATIVE_BIAS = ("error", "clip")
 
 _BN_EPS = 1e-5
@@ -70,14 +73,17 @@ _BETA_INIT = 1.0 - 1e-4  # beta = exp(-softplus(rho)) cannot reach 1: learned be
 class Trace:
     """What happened at each iteration of a pursuit (the seed's Fig. 8).
 
-    Index 0 is the feed-forward initialisation, index ``t`` the state after
-    iteration (sweep) ``t``.
+    Index 0 is the feed-forward state (the codes of ``method="feedforward"``)
+    for every method, index ``t`` the state after iteration (sweep) ``t``; for
+    L-BP, every node's ``t``-th local iterate. The seed paper counts the
+    feed-forward pass as its first iteration: its ``T`` is this ``T + 1``.
 
     Attributes
     ----------
     objective : torch.Tensor
         ``(T + 1, B)``: ``F(w^[t])`` per sample (with the effective, batch-norm
-        folded dictionary and lambdas the solver used).
+        folded dictionary and lambdas the solver used: in eval mode
+        ``net.dictionary().objective(net.normalize(x), codes)``).
     term_errors : dict
         ``{term name: (T + 1, B)}``: ``||r_t||^2 / ||target_t||^2`` where
         ``target_t = sum_k P_tk w_k + P x`` is what the term reconstructs.
@@ -91,19 +97,21 @@ class Trace:
     node_errors: dict
 
 
-class _Scaled(ops.Operator):
-    """``S A`` for a per-channel scale ``s`` of the destination (batch-norm folding)."""
+def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` (float64) converted to ``dtype``, rounded towards +infinity."""
+    value = torch.as_tensor(value, dtype=torch.float64)
+    low = value.to(dtype)
+    up = torch.nextafter(low, torch.full_like(low, math.inf))
+    return torch.where(low.to(torch.float64) < value, up, low)
 
-    def __init__(self, op: ops.Operator, scale: torch.Tensor):
-        super().__init__(op.in_shape, op.out_shape)
-        self.inner, self.weight = op, op.weight
-        self.scale = scale.reshape(*scale.shape, *([1] * (len(op.out_shape) - 1)))
 
-    def forward(self, x):
-        return self.inner.forward(x) * self.scale
-
-    def adjoint(self, y):
-        return self.inner.adjoint(y * self.scale)
+def _drop_power_buffers(state_dict, prefix, *args) -> None:
+    """Checkpoints written before L_j became a bound carry power-iteration buffers
+    (``power_<term>_<block>_v`` / ``_sq``); the solver no longer has them."""
+    for key in [
+        k for k in state_dict if re.fullmatch(re.escape(prefix) + r"power_\d+_\w+_(v|sq)", k)
+    ]:
+        del state_dict[key]
 
 
 def _safe_name(key: str, taken: set) -> str:
@@ -149,11 +157,14 @@ class PursuitNet(nn.Module):
         learn_lambda: bool,
         threshold: str,
         schedule: str,
+        layered_init: str,
         num_classes: int,
         mean,
         std,
-        power_iterations: int,
         seed: int,
+        checkpoint_sweeps: bool | int = False,
+        channels_last: bool = False,
+        torch_compile: bool | Mapping = False,
         free_lambda: bool = False,
     ):
         super().__init__()
@@ -162,7 +173,12 @@ class PursuitNet(nn.Module):
         self.iterations = int(iterations)
         self.threshold = threshold
         self.schedule = schedule
-        self.power_iterations = int(power_iterations)
+        self.layered_init = layered_init
+        self.checkpoint_sweeps = checkpoint_sweeps
+        self.channels_last = bool(channels_last)
+        self.torch_compile = (
+            dict(torch_compile) if isinstance(torch_compile, Mapping) else bool(torch_compile)
+        )
         self.nodes = activation_nodes(graph)
         self.input = input_node(graph)
         self.output = output_node(graph)
@@ -176,7 +192,9 @@ class PursuitNet(nn.Module):
         self._weight_names = {}  # weight key -> parameter name
         self._names = {}  # node -> parameter name of its lambda, beta, batch norm
         self.weights = nn.ParameterDict()
-        for key, w in random_weights(graph, seed=seed, dtype=torch.float32).items():
+        # Drawn in float64 (as deepframe.dictionary draws them); compile() casts the
+        # module to its dtype, so a float64 model holds exactly the same weights.
+        for key, w in random_weights(graph, seed=seed, dtype=torch.float64).items():
             self._weight_names[key] = _safe_name(key, taken)
             self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
@@ -185,7 +203,7 @@ class PursuitNet(nn.Module):
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
         self._fixed_beta = None if beta == "learned" else float(beta)
-        for j, lam in node_lambdas(graph, dtype=torch.float32).items():
+        for j, lam in node_lambdas(graph, dtype=torch.float64).items():
             name = _safe_name(str(j), taken)
             self._names[j] = name
             if self.free_lambda:
@@ -214,10 +232,18 @@ class PursuitNet(nn.Module):
             self.head.bias.zero_()
 
         shape = (-1, 1, 1) if len(self.input_shape) == 3 else (-1,)
-        mean = torch.zeros(self.input_shape[0]) if mean is None else torch.as_tensor(mean)
-        std = torch.ones(self.input_shape[0]) if std is None else torch.as_tensor(std)
-        self.register_buffer("input_mean", mean.float().reshape(shape).clone())
-        self.register_buffer("input_std", std.float().reshape(shape).clone())
+        mean = (
+            torch.zeros(self.input_shape[0])
+            if mean is None
+            else torch.as_tensor(mean, dtype=torch.float64)
+        )
+        std = (
+            torch.ones(self.input_shape[0])
+            if std is None
+            else torch.as_tensor(std, dtype=torch.float64)
+        )
+        self.register_buffer("input_mean", mean.to(torch.float64).reshape(shape).clone())
+        self.register_buffer("input_std", std.to(torch.float64).reshape(shape).clone())
 
         # Structure of the terms (weights-independent): which terms touch which node.
         self._specs = term_specs(graph)
@@ -229,18 +255,11 @@ class PursuitNet(nn.Module):
             j: [(i, n) for i, t in enumerate(terms) for n, (k, _) in enumerate(t.targets) if k == j]
             for j in self.nodes
         }
-        # Persistent power-iteration vectors for every parametrised operator.
-        self._power = []  # (term index, target index or None, buffer name)
-        for i, t in enumerate(terms):
-            for n, op in [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]:
-                if op.weight is None:
-                    continue
-                name = f"power_{i}_{'s' if n is None else n}"
-                g = torch.Generator().manual_seed(seed + 7 + len(self._power))
-                v = torch.randn((1, *op.out_shape), generator=g)
-                self.register_buffer(name + "_v", v / v.norm())
-                self.register_buffer(name + "_sq", torch.ones(()))
-                self._power.append((i, n, name))
+        self._exact = None  # {(term, target or None): ||A||^2}, see refresh_lipschitz(exact=True)
+        self._lipschitz_cache = None  # (key, {node: (L_j, L_local_j)}) of eval-mode forwards
+        self._register_load_state_dict_pre_hook(_drop_power_buffers)
+        # The Jacobi sweep applies same-shaped convolutions as one grouped call.
+        self._conv_groups = _conv_groups(self._specs)
 
     # ------------------------------------------------------------------
     # parameters as the graph names them
@@ -267,11 +286,36 @@ class PursuitNet(nn.Module):
         return [spec.build(weights) for spec in self._specs]
 
     def dictionary(self) -> GlobalDictionary:
-        """The :class:`GlobalDictionary` of the current weights and lambdas (detached).
+        """The dictionary the solver solves in eval mode (detached): batch norm folded.
 
-        Batch norm, where used, scales the columns of a node's synthesis blocks
-        during pursuit; that leaves every unit-norm geometric quantity unchanged,
-        and is not part of this dictionary.
+        A node with batch norm normalises its feed-forward pre-activation with
+        the running statistics and is then folded into the problem (docs/solvers.md, "Batch norm"):
+        its synthesis blocks become ``B_t S_j``, ``S_j = diag(s_j)``, ``s_j =
+        gamma_j / sqrt(running_var_j + eps)`` (``column_scales``; its target
+        blocks ``-P_tj`` stay unscaled), and its penalty the effective
+        ``lambda_j = max(lambda_j + s_j mu_j, 0)`` with ``mu_j`` the running
+        mean. Without batch norm this is the dictionary of the weights and
+        ``lambda_j``. Because only the synthesis blocks scale, the normalised
+        columns differ from :meth:`unfolded_dictionary`'s, and so do its
+        coherence and frame potentials.
+
+        The objective the solver decreases is ``D.objective(net.normalize(x),
+        codes)``: the model's input normalisation (``mean``, ``std``) is applied
+        to ``x`` first. In training mode the solver folds the *batch*
+        statistics instead, which no fixed dictionary describes.
+        """
+        unfolded = self.unfolded_dictionary()
+        scales = {j: s.detach() for j, s in self._eval_scales().items()}
+        lambdas = dict(unfolded.lambdas)
+        for j, s in scales.items():
+            mean = getattr(self, f"bn_mean_{self._names[j]}")
+            lambdas[j] = F.relu(lambdas[j] + s * mean)
+        return GlobalDictionary(self.graph, unfolded.weights, lambdas, column_scales=scales)
+
+    def unfolded_dictionary(self) -> GlobalDictionary:
+        """The :class:`GlobalDictionary` of the weights and ``lambda_j`` alone (detached),
+        batch norm left out: what the solver solves for a model without batch norm,
+        and the architecture's dictionary at the trained weights otherwise.
         """
         weights = {k: w.detach() for k, w in self.weight_dict().items()}
         lambdas = {j: lam.detach() for j, lam in self.lambdas().items()}
@@ -280,65 +324,108 @@ class PursuitNet(nn.Module):
     # ------------------------------------------------------------------
     # Lipschitz constants
     # ------------------------------------------------------------------
-    def _term_op(self, terms, i, n):
-        return terms[i].op if n is None else terms[i].targets[n][1]
+    def _eval_scales(self) -> dict:
+        """``{node: s_j = gamma_j / sqrt(running_var_j + eps)}`` for batch-norm nodes."""
+        out = {}
+        for j in self.nodes:
+            name = self._names[j]
+            if name in self.bn_scale:
+                var = getattr(self, f"bn_var_{name}")
+                out[j] = self.bn_scale[name] / torch.sqrt(var + _BN_EPS)
+        return out
 
-    @torch.no_grad()
-    def refresh_lipschitz(
-        self, *, exact: bool = False, iterations: int | None = None, tol: float = 1e-7
-    ) -> None:
-        """Re-estimate every ``||A||_2^2`` of the solver.
+    def _sqnorm(self, terms, i, n, scale=None) -> torch.Tensor:
+        """Upper bound on ``||A||^2`` of term ``i``'s synthesis operator (``n is None``,
+        with the batch-norm ``scale`` of its node) or of its target ``n``."""
+        if self._exact is not None and not self.training:
+            return self._exact[(i, n)]
+        if n is None:
+            op = terms[i].op if scale is None else ops.Scaled(terms[i].op, scale)
+            return op.sqnorm_bound()
+        return terms[i].targets[n][1].sqnorm_bound()
 
-        Parameters
-        ----------
-        exact : bool
-            Largest singular value of each operator's dense matrix (analysis;
-            small graphs only).
-        iterations : int, optional
-            Power iterations with the persistent vectors (default:
-            ``power_iterations``); stops early once the estimate changes by less
-            than ``tol`` (relative).
+    def _node_lipschitz(self, terms, j, scale, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_j, L_local_j)`` in ``dtype``, each rounded up from float64.
+
+        ``scale`` is node j's batch-norm scale when ``terms`` are not folded yet
+        (``None`` once its synthesis operators are :class:`deepframe.ops.Scaled`).
+
+        ``L_local_j = sum_{t: synth j} ||B_t S_j||^2`` (node j's own terms, L-BP)
+        and ``L_j = L_local_j + sum_{t: j target} ||P_tj||^2`` (DP). Each
+        ``||.||^2`` is an upper bound (:meth:`deepframe.ops.Operator.sqnorm_bound`),
+        so by the triangle inequality ``L_j >= lambda_max(D_j^T D_j)``, the
+        Lipschitz constant of ``grad_j f``.
         """
-        terms = self.terms()
-        for i, n, name in self._power:
-            op = self._term_op(terms, i, n)
-            sq = getattr(self, name + "_sq")
-            if exact:
-                sq.copy_(torch.tensor(op.sqnorm(exact=True)))
-                continue
-            v = getattr(self, name + "_v")
-            previous = None
-            for _ in range(iterations or self.power_iterations):
-                w = op.forward(op.adjoint(v))
-                v.copy_(w / w.norm().clamp_min(1e-30))
-                estimate = float(op.adjoint(v).pow(2).sum())
-                if previous is not None and abs(estimate - previous) <= tol * estimate:
-                    break
-                previous = estimate
-            sq.copy_(op.adjoint(v).pow(2).sum())
+        with torch.no_grad():
+            local = sum(self._sqnorm(terms, i, None, scale) for i in self._synth_terms[j])
+            other = sum(self._sqnorm(terms, i, n) for i, n in self._target_terms[j])
+            return _round_up(local + other, dtype), _round_up(local, dtype)
 
     @torch.no_grad()
-    def _power_step(self, terms) -> None:
-        """One power iteration per operator (training mode: once per forward pass)."""
-        for i, n, name in self._power:
-            op = self._term_op(terms, i, n)
-            v = getattr(self, name + "_v")
-            w = op.forward(op.adjoint(v))
-            v.copy_(w / w.norm().clamp_min(1e-30))
-            getattr(self, name + "_sq").copy_(op.adjoint(v).pow(2).sum())
+    def refresh_lipschitz(self, *, exact: bool = False) -> None:
+        """Choose how ``||A||^2`` of every operator is bounded.
 
-    def _sqnorms(self) -> tuple[dict, dict]:
-        """Per node: ``sum_{t: synth j} ||B_t||^2`` and ``sum_{t: j target} ||P_tj||^2``."""
-        sq = {(i, n): getattr(self, name + "_sq") for i, n, name in self._power}
-        synth = {j: sum(sq.get((i, None), 1.0) for i in self._synth_terms[j]) for j in self.nodes}
-        target = {j: sum(sq.get((i, n), 1.0) for i, n in self._target_terms[j]) for j in self.nodes}
-        return synth, target
+        By default (``exact=False``) the solver bounds each operator of the
+        current weights at every forward pass with
+        :meth:`deepframe.ops.Operator.sqnorm_bound` (periodic-extension bound for
+        convolutions, exact for dense, identity and shortcut operators): nothing
+        is cached, so this call only leaves the exact mode. ``exact=True``
+        (analysis, small graphs) instead takes each operator's exact squared
+        norm from the SVD of its dense matrix, batch norm folded with the
+        running statistics, times ``1 + ROUNDING_MARGIN``: still an upper bound
+        of ``L_j`` (triangle inequality), tighter. These values are frozen
+        until the next call: they apply to eval-mode forwards on the weights of
+        this call (training forwards always use the default bound).
+        """
+        self._lipschitz_cache = None
+        if not exact:
+            self._exact = None
+            return
+        terms = self.terms()
+        scales = self._eval_scales()
+        values = {}
+        for i, t in enumerate(terms):
+            blocks = [(None, t.op)] + [(n, p) for n, (_, p) in enumerate(t.targets)]
+            for n, op in blocks:
+                if n is None and t.synth in scales:
+                    op = ops.Scaled(op, scales[t.synth])
+                if op.weight is None and not isinstance(op, ops.Scaled):
+                    values[(i, n)] = op.sqnorm_bound()  # exactly 1
+                    continue
+                dense = op.todense().to(torch.float64)
+                top = torch.linalg.matrix_norm(dense, ord=2).square()
+                values[(i, n)] = top * (1.0 + ops.ROUNDING_MARGIN)
+        self._exact = values
+
+    def _lipschitz_key(self) -> tuple:
+        """Identity and version counter of every tensor the eval-mode ``L_j`` depend on.
+
+        Every in-place change through the parameters (optimiser steps,
+        ``load_state_dict``, ``copy_`` under ``no_grad``) bumps a version
+        counter; a new tensor has a new identity or storage.
+        """
+        tensors = [*self.weights.values(), *self.bn_scale.values()]
+        tensors += [getattr(self, f"bn_var_{name}") for name in self.bn_scale]
+        return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
     def lipschitz(self) -> dict:
-        """``L_j = sum_{t: synth j} ||B_t||^2 + sum_{t: j target} ||P_tj||^2`` (detached;
-        batch norm not folded)."""
-        synth, target = self._sqnorms()
-        return {j: synth[j] + target[j] for j in self.nodes}
+        """``{node: L_j}``: exactly the values the solver uses in eval mode.
+
+        Deep pursuit: ``L_j = max(s_j^2) sum_{t: synth j} ||B_t||^2 + sum_{t: j
+        target} ||P_tj||^2``; layered pursuit: the node's own terms only,
+        ``max(s_j^2) sum_{t: synth j} ||B_t||^2``. Batch norm's column scaling
+        ``S_j = diag(s_j)``, ``s_j = gamma / sqrt(running_var + eps)``, enters through
+        ``||B S_j|| <= max|s_j| ||B||`` (``s_j = 1`` without batch norm), every ``||.||^2``
+        is a provable upper bound (:meth:`deepframe.ops.Operator.sqnorm_bound`,
+        or the exact norms after ``refresh_lipschitz(exact=True)``) and the sum is
+        rounded up to the module's dtype, so ``L_j >= lambda_max`` of the block
+        Hessian the step is taken on. Detached 0-dim tensors.
+        """
+        terms = self.terms()
+        scales = self._eval_scales()
+        dtype = self.input_mean.dtype
+        index = 1 if self.method == "layered" else 0
+        return {j: self._node_lipschitz(terms, j, scales.get(j), dtype)[index] for j in self.nodes}
 
     # ------------------------------------------------------------------
     # the solver
@@ -360,10 +447,30 @@ class PursuitNet(nn.Module):
             raise ValueError(
                 f"expected input of shape (B, {self.input_shape}), got {tuple(x.shape)}"
             )
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.torch_compile and not trace:
+            return self._compiled()(x)
+        return self._solve(x, trace)
+
+    def _compiled(self):
+        """``torch.compile`` of :meth:`_solve` (built on first use, ``fullgraph=True``)."""
+        fn = self.__dict__.get("_compiled_solve")
+        if fn is None:
+            options = self.torch_compile if isinstance(self.torch_compile, dict) else {}
+            fn = torch.compile(self._solve, **{"fullgraph": True, **options})
+            self.__dict__["_compiled_solve"] = fn
+        return fn
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_compiled_solve", None)  # rebuilt on first use (not picklable)
+        return state
+
+    def _solve(self, x: torch.Tensor, trace: bool = False):
+        """:meth:`encode` after the input checks: the pursuit itself."""
         xn = self.normalize(x)
         terms = self.terms()
-        if self.training and self.method != "feedforward" and self.iterations > 0:
-            self._power_step(terms)
         const = self._constants(terms, xn)
 
         codes, problem = self._feedforward(terms, const)
@@ -371,9 +478,9 @@ class PursuitNet(nn.Module):
         iterate = self.iterations > 0  # with T = 0 every method is the feed-forward pass
         if self.method == "layered" and iterate:
             codes, per_node = self._layered(terms, const, codes, problem, trace)
-            if trace:
-                history = [
-                    {j: per_node[j][t] for j in self.nodes} for t in range(self.iterations + 1)
+            if trace:  # index 0 stays the feed-forward state (the "final" start is not)
+                history += [
+                    {j: per_node[j][t] for j in self.nodes} for t in range(1, self.iterations + 1)
                 ]
         elif self.method == "deep" and iterate:
             codes = self._deep(terms, const, codes, problem, history)
@@ -408,12 +515,18 @@ class PursuitNet(nn.Module):
         Returns the codes and ``problem``: per node the feed-forward threshold
         ``"ff"`` (may be negative with batch norm), the effective ``"lambda"``
         (``>= 0``) and the Lipschitz bounds ``"L"`` (all blocks) and ``"L_local"``
-        (the node's own terms). Batch norm of node j is folded into its synthesis
-        blocks as the column scaling ``S_j`` (in place in ``terms``), so that
-        ``||B S||^2 <= max(s^2) ||B||^2`` bounds the scaled blocks.
+        (the node's own terms), detached upper bounds (:meth:`_node_lipschitz`).
+        Batch norm of node j is folded into its synthesis blocks as the column
+        scaling ``S_j`` (in place in ``terms``); the bounds see the scaled blocks.
         """
         lambdas = self.lambdas()
-        synth_sq, target_sq = self._sqnorms()
+        # Eval-mode bounds depend on the weights and running statistics only: kept
+        # until one of them changes (not while tracing for torch.compile).
+        use_cache = not self.training and self.iterations > 0 and not torch.compiler.is_compiling()
+        key = self._lipschitz_key() if use_cache else None
+        cached = None
+        if use_cache and self._lipschitz_cache is not None and self._lipschitz_cache[0] == key:
+            cached = self._lipschitz_cache[1]
         codes = {}
         problem = {"ff": {}, "lambda": {}, "L": {}, "L_local": {}}
         for j in self.nodes:
@@ -430,17 +543,25 @@ class PursuitNet(nn.Module):
                     mean, var = a.mean(dims), a.var(dims, unbiased=False)
                 scale = gamma / torch.sqrt(var + _BN_EPS)
                 for i in self._synth_terms[j]:
-                    terms[i].op = _Scaled(terms[i].op, scale)
+                    terms[i].op = ops.Scaled(terms[i].op, scale)
                 threshold = lam + scale * mean
-                synth = synth_sq[j] * scale.pow(2).max()
             else:
                 pre = a - lam.reshape(view)
-                threshold, synth = lam, synth_sq[j]
+                threshold = lam
             codes[j] = F.relu(pre)
             problem["ff"][j] = threshold
             problem["lambda"][j] = F.relu(threshold)
-            problem["L"][j] = synth + target_sq[j]
-            problem["L_local"][j] = synth
+            if cached is not None:
+                problem["L"][j], problem["L_local"][j] = cached[j]
+            elif self.iterations > 0:  # node j's synthesis operators are scaled by now
+                problem["L"][j], problem["L_local"][j] = self._node_lipschitz(
+                    terms, j, None, a.dtype
+                )
+        if use_cache and cached is None:
+            self._lipschitz_cache = (
+                key,
+                {j: (problem["L"][j], problem["L_local"][j]) for j in self.nodes},
+            )
         return codes, problem
 
     def _step(self, w_hat, grad, lam, lip, beta):
@@ -475,7 +596,8 @@ class PursuitNet(nn.Module):
     def gradient(self, x: torch.Tensor, codes: Mapping) -> dict:
         """``{node: grad_j f}`` of the smooth part at ``codes`` (Eq. 15 / Eq. 18).
 
-        The same block gradient the solver uses; batch norm is not folded.
+        The same block gradient the solver uses, of :meth:`unfolded_dictionary`'s
+        problem (batch norm not folded); ``x`` is the raw input (normalised here).
         """
         xn = self.normalize(x)
         terms = self.terms()
@@ -484,67 +606,191 @@ class PursuitNet(nn.Module):
         return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
 
     def _layered(self, terms, const, codes, problem, trace):
-        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed."""
+        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed.
+
+        ``codes`` holds the feed-forward codes ``w^[0]`` on entry. Node j's local
+        problem reconstructs its predecessors' *final* codes; it starts from
+        ``layered_init``: ``"feedforward"``, its own feed-forward code
+        ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)`` (Eq. 9 literally), or
+        ``"final"``, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)`` (the same threshold
+        applied to the predecessors' final codes). Returns the final codes and,
+        with ``trace``, each node's local iterates ``[start, w^[1], ..., w^[T]]``.
+        """
         betas = self.betas()
+        feedforward = dict(codes)
         codes = dict(codes)
         per_node = {}
         for j in self.nodes:
-            # Re-initialise by thresholding the predecessors' final codes (Eq. 9).
-            a = self._preactivation(j, terms, const, codes)
-            view = (-1,) + (1,) * (a.dim() - 2)
-            w = prev = F.relu(a - problem["ff"][j].reshape(view))
+            if self.layered_init == "feedforward":
+                w = prev = feedforward[j]
+            else:
+                a = self._preactivation(j, terms, const, codes)
+                view = (-1,) + (1,) * (a.dim() - 2)
+                w = prev = F.relu(a - problem["ff"][j].reshape(view))
             history = [w] if trace else None
-            for t in range(self.iterations):
-                w_hat = w + self.alphas[t] * (w - prev)
-                own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
-                grad = self._grad(j, terms, const, codes, w_hat, None, own, synth_only=True)
-                prev, w = (
-                    w,
-                    self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j]),
-                )
-                if trace:
-                    history.append(w)
+            step = self._local_step(j, terms, const, dict(codes), problem, betas)
+            w, _ = self._unroll(step, (w, prev), history)
             codes[j] = w
             per_node[j] = history
         return codes, per_node
 
+    def _local_step(self, j, terms, const, fixed, problem, betas):
+        """Iteration ``t`` of node j's local problem as ``(w, w_prev) -> (w_new, w)``.
+
+        ``fixed`` holds the predecessors' final codes; ``w_prev`` is ``None`` when no
+        extrapolation needs it.
+        """
+
+        def step(t, state):
+            w, prev = state
+            alpha = self.alphas[t]
+            w_hat = w + alpha * (w - prev) if alpha else w
+            own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
+            grad = self._grad(j, terms, const, fixed, w_hat, None, own, synth_only=True)
+            w_new = self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j])
+            return w_new, (w if self._alpha(t + 1) else None)
+
+        return step
+
     def _deep(self, terms, const, codes, problem, history):
         """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent.
 
-        Keeps ``B_i w`` of every term between updates: extrapolation is linear, so
-        ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)`` costs no operator call, and
-        a sweep applies two operators per term (``A_i r`` and ``B_i w_new``).
+        A sweep starts by applying ``B_i`` to every term's synthesis code and keeps
+        those products while it updates the nodes (an update never changes a value
+        the same sweep reads later: a term's targets precede its synthesis node).
+        Extrapolation is linear, so ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)``
+        costs no operator call, and a sweep applies two operators per term
+        (``B_i w`` and ``A_i r_i``).
         """
         betas = self.betas()
-        codes = dict(codes)
-        prev = dict(codes)
-        synth = [t.op.adjoint(codes[t.synth]) for t in terms]
-        synth_prev = list(synth)
-        jacobi = self.schedule == "jacobi"
-        for t in range(self.iterations):
-            alpha = self.alphas[t]
-            source = dict(codes) if jacobi else codes
-            source_synth = list(synth) if jacobi else synth
-            new_prev = dict(codes)
-            for j in self.nodes:
-                w = source[j]
-                own = self._synth_terms[j]
-                if alpha:
-                    w_hat = w + alpha * (w - prev[j])
-                    hat = {
-                        i: source_synth[i] + alpha * (source_synth[i] - synth_prev[i]) for i in own
-                    }
-                else:
-                    w_hat, hat = w, {i: source_synth[i] for i in own}
-                grad = self._grad(j, terms, const, source, w_hat, source_synth, hat)
-                codes[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
-                for i in own:
-                    synth_prev[i] = synth[i]
-                    synth[i] = terms[i].op.adjoint(codes[j])
-            prev = new_prev
-            if history is not None:
-                history.append(dict(codes))
+        if self.schedule == "jacobi":
+            groups = _group_weights(terms, self._conv_groups)
+
+            def sweep(*args):
+                return self._jacobi_sweep(*args, groups)
+        else:
+            sweep = self._gauss_seidel_sweep
+
+        def step(t, state):
+            codes, prev, synth_prev = state
+            new, synth = sweep(t, terms, const, problem, betas, codes, prev, synth_prev)
+            keep = bool(self._alpha(t + 1))  # the next extrapolation needs w and B w
+            return new, (codes if keep else None), (synth if keep else None)
+
+        codes, _, _ = self._unroll(step, (dict(codes), None, None), history)
         return codes
+
+    def _gauss_seidel_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev):
+        """Sweep ``t``: nodes in topological order, each seeing the newest other blocks.
+
+        Returns the new codes and ``[B_i w_synth(i)]`` of the old ones (the next
+        sweep's ``B_i w_prev``); ``prev`` / ``synth_prev`` ``None`` mean "equal to
+        ``codes`` / its products" (the first sweep).
+        """
+        synth = [term.op.adjoint(codes[term.synth]) for term in terms]
+        alpha = self.alphas[t]
+        new = dict(codes)
+        for j in self.nodes:
+            w, own = codes[j], self._synth_terms[j]
+            if alpha:
+                w_prev = w if prev is None else prev[j]
+                before = synth if synth_prev is None else synth_prev
+                w_hat = w + alpha * (w - w_prev)
+                hat = {i: synth[i] + alpha * (synth[i] - before[i]) for i in own}
+            else:
+                w_hat, hat = w, {i: synth[i] for i in own}
+            grad = self._grad(j, terms, const, new, w_hat, synth, hat)
+            new[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
+        return new, synth
+
+    def _jacobi_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev, groups):
+        """Sweep ``t`` with every block computed from ``codes`` (the previous sweep).
+
+        The same arithmetic as a Gauss-Seidel sweep that reads only old values,
+        arranged as one pass: all ``B_i w``, then all residuals, then all
+        ``A_i r_i``, then the node updates, with same-shaped convolutions batched
+        into one grouped call each (``groups``, from :func:`_group_weights`).
+        """
+        synth = _apply_grouped(terms, groups, [codes[term.synth] for term in terms], True)
+        alpha = self.alphas[t]
+        if alpha:
+            prev = codes if prev is None else prev
+            before = synth if synth_prev is None else synth_prev
+            w_hat = {j: codes[j] + alpha * (codes[j] - prev[j]) for j in self.nodes}
+            hat = [s + alpha * (s - b) for s, b in zip(synth, before)]
+        else:
+            w_hat, hat = codes, synth
+        # r_i = target_i - B_i w^_synth(i): the residual in the synthesis node's gradient
+        res = [self._target(term, const[i], codes) - hat[i] for i, term in enumerate(terms)]
+        analysed = _apply_grouped(terms, groups, res, False)
+        new = {}
+        for j in self.nodes:
+            grad = None
+            for i in self._synth_terms[j]:
+                v = -analysed[i]
+                grad = v if grad is None else grad + v
+            for i, n in self._target_terms[j]:
+                if alpha:  # node j's own extrapolation in the target, the others' plain B w
+                    r = self._target(terms[i], const[i], codes, j, w_hat[j]) - synth[i]
+                else:
+                    r = res[i]
+                v = terms[i].targets[n][1].adjoint(r)
+                grad = v if grad is None else grad + v
+            new[j] = self._step(w_hat[j], grad, problem["lambda"][j], problem["L"][j], betas[j])
+        return new, synth
+
+    def _alpha(self, t: int) -> float:
+        """Extrapolation weight of iteration ``t`` (0 past the last one)."""
+        return self.alphas[t] if t < self.iterations else 0.0
+
+    def _segment_length(self) -> int:
+        """Iterations per recomputed segment with ``checkpoint_sweeps`` (0: no checkpoints).
+
+        ``True`` picks ``round(sqrt(T / 3))``, at least 1. A segment boundary keeps
+        one code per node; recomputing a segment of ``k`` sweeps holds about three
+        per node and sweep (residuals, gradients, new codes), so the peak is about
+        ``(T / k + 3 k)`` codes per node, least near ``k = sqrt(T / 3)``.
+        """
+        k = self.checkpoint_sweeps
+        if k is True:
+            return max(1, round(math.sqrt(self.iterations / 3)))
+        return int(k)
+
+    def _unroll(self, step, state, history=None):
+        """``state = step(t, state)`` for ``t = 0 .. T-1``.
+
+        With ``checkpoint_sweeps`` (and autograd recording) the iterations run in
+        segments under ``torch.utils.checkpoint`` (non-reentrant): only each
+        segment's input state is kept, its activations are recomputed in the
+        backward pass. The last segment is stored as usual: the backward pass
+        starts with it, so recomputing it would cost time and save no memory.
+        The segments hold iterations only, no in-place state update (running
+        statistics, power iterations), so recomputation changes nothing twice.
+        """
+        length = 0
+        if history is None and torch.is_grad_enabled():
+            length = self._segment_length()
+        if not length:
+            for t in range(self.iterations):
+                state = step(t, state)
+                if history is not None:
+                    history.append(state[0])
+            return state
+        from torch.utils.checkpoint import checkpoint
+
+        def segment(start, stop, state):
+            for t in range(start, stop):
+                state = step(t, state)
+            return state
+
+        for start in range(0, self.iterations, length):
+            stop = min(start + length, self.iterations)
+            if stop == self.iterations:  # the backward pass starts here: keep, do not redo
+                return segment(start, stop, state)
+            state = checkpoint(
+                segment, start, stop, state, use_reentrant=False, preserve_rng_state=False
+            )
+        return state
 
     def _trace(self, terms, const, lam_eff, history) -> Trace:
         objective, term_errors = [], {t.name: [] for t in terms}
@@ -583,8 +829,81 @@ class PursuitNet(nn.Module):
         return (
             f"method={self.method!r}, iterations={self.iterations}, "
             f"schedule={self.schedule!r}, threshold={self.threshold!r}, "
+            f"layered_init={self.layered_init!r}, "
             f"nodes={len(self.nodes)}"
         )
+
+
+def _conv_groups(specs) -> list[tuple[int, ...]]:
+    """Terms whose synthesis operators are convolutions of the same shapes, stride and
+    padding (two or more per group): one grouped convolution can apply them all."""
+    groups: dict = {}
+    for i, spec in enumerate(specs):
+        op = spec.op
+        if op.kind in ("conv", "project"):
+            key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
+            groups.setdefault(key, []).append(i)
+    return [tuple(v) for v in groups.values() if len(v) > 1]
+
+
+def _group_weights(terms, groups) -> list:
+    """Per group: term indices, the concatenated weights, the concatenated batch-norm
+    column scales (``None`` without batch norm) and the convolution's geometry."""
+    out = []
+    for indices in groups:
+        inner = [
+            terms[i].op.inner if isinstance(terms[i].op, ops.Scaled) else terms[i].op for i in indices
+        ]
+        weight = torch.cat([op.weight for op in inner])
+        scale = None
+        if any(isinstance(terms[i].op, ops.Scaled) for i in indices):
+            parts = [
+                terms[i].op.scale.reshape(-1)
+                if isinstance(terms[i].op, ops.Scaled)
+                else torch.ones(op.weight.shape[0], dtype=op.weight.dtype, device=op.weight.device)
+                for i, op in zip(indices, inner)
+            ]
+            scale = torch.cat(parts).reshape(-1, 1, 1)
+        first = inner[0]
+        geometry = (first.stride, first.padding, first.output_padding)
+        out.append((indices, weight, scale, geometry, first.in_shape[0], first.out_shape[0]))
+    return out
+
+
+def _apply_grouped(terms, groups, values, adjoint: bool) -> list:
+    """``[A_i v_i]`` (``adjoint=False``) or ``[A_i^T v_i]`` for every term ``i``.
+
+    The terms of a group run as one grouped ``conv2d`` / ``conv_transpose2d``
+    (inputs concatenated along channels, weights along output channels, with the
+    batch-norm column scale ``S A`` applied as :class:`deepframe.ops.Scaled` does); all
+    other terms run one by one.
+    """
+    out = [None] * len(terms)
+    for indices, weight, scale, (stride, padding, output_padding), c_in, c_out in groups:
+        v = torch.cat([values[i] for i in indices], 1)
+        if adjoint:
+            if scale is not None:
+                v = v * scale
+            v = F.conv_transpose2d(
+                v,
+                weight,
+                stride=stride,
+                padding=padding,
+                output_padding=output_padding,
+                groups=len(indices),
+            )
+            parts = v.split(c_in, 1)
+        else:
+            v = F.conv2d(v, weight, stride=stride, padding=padding, groups=len(indices))
+            if scale is not None:
+                v = v * scale
+            parts = v.split(c_out, 1)
+        for i, part in zip(indices, parts):
+            out[i] = part
+    for i, term in enumerate(terms):
+        if out[i] is None:
+            out[i] = term.op.adjoint(values[i]) if adjoint else term.op.forward(values[i])
+    return out
 
 
 def compile(
@@ -597,13 +916,16 @@ def compile(
     learn_lambda: bool = True,
     threshold: str = "step",
     schedule: str = "gauss-seidel",
+    layered_init: str = "final",
     num_classes: int | None = None,
     mean=None,
     std=None,
-    power_iterations: int = 1,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device=None,
+    checkpoint_sweeps: bool | int = False,
+    channels_last: bool = False,
+    torch_compile: bool | Mapping = False,
     weights: Mapping[str, torch.Tensor] | None = None,
     negative_bias: str = "error",
 ) -> PursuitNet:
@@ -633,18 +955,39 @@ def compile(
         Deep pursuit order: newest values of every block (Gauss-Seidel, Algorithm 2)
         or all blocks from the previous sweep (Jacobi; parallel, but the block
         step ``1 / L_j`` no longer guarantees descent).
+    layered_init : {"final", "feedforward"}
+        Where layered pursuit starts node j. ``"feedforward"``: its feed-forward
+        code ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)``, Eq. 9 read
+        literally. ``"final"`` (default): the same threshold applied to the
+        predecessors' *final* codes, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)``, a
+        start consistent with the local problem (Eq. 7), which reconstructs
+        ``w_{j-1}^[T]``; the default because the trained L-BP models of this
+        project use it. Both coincide for the first node and for ``T = 0``.
     num_classes : int, optional
         Outputs of the linear head (default: the rows of ``weights["head.weight"]``,
         else 10).
     mean, std : sequence of float, optional
         Per-channel input normalisation applied inside the model.
-    power_iterations : int
-        Power-iteration steps per training forward pass for ``L_j``.
     seed : int
         Seed of the initial weights (the same He-style weights as
         ``deepframe.dictionary(graph, seed=seed)``).
-    dtype, device :
-        Of the parameters.
+    checkpoint_sweeps : bool or int
+        Recompute the iterations (DP sweeps, L-BP local steps) in the backward
+        pass instead of storing their activations (``torch.utils.checkpoint``,
+        non-reentrant): training memory grows with ``T`` by one code-sized state
+        per segment instead of all of a sweep's activations, for about one more
+        forward pass of the iterations. ``True`` recomputes segments of
+        ``round(sqrt(T / 3))`` iterations (at least 1), an int ``k >= 1`` segments
+        of ``k``.
+        Gradients equal the stored path's; inference (no autograd) is unaffected.
+    channels_last : bool
+        Keep convolution weights and activations in ``torch.channels_last``
+        memory format (the input is converted inside the model); usually faster
+        with cuDNN on a GPU, same results.
+    torch_compile : bool or mapping
+        Run the pursuit through ``torch.compile(..., fullgraph=True)`` (built on
+        the first call); a mapping passes its options (``backend``, ``mode``,
+        ...) to ``torch.compile``. ``encode(x, trace=True)`` stays eager.
     weights : mapping, optional
         Initial weights instead of random ones: every edge weight under the keys
         of :func:`deepframe.dictionary.parameter_shapes`, and optionally
@@ -671,17 +1014,34 @@ def compile(
         raise ValueError(f"compile: unknown schedule {schedule!r}; expected one of {SCHEDULES}")
     if threshold not in THRESHOLDS:
         raise ValueError(f"compile: unknown threshold {threshold!r}; expected one of {THRESHOLDS}")
+    if layered_init not in LAYERED_INITS:
+        raise ValueError(
+            f"compile: unknown layered_init {layered_init!r}; expected one of {LAYERED_INITS}"
+        )
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"compile: iterations must be an integer >= 0, got {iterations!r}")
     if alpha != "fista" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
         raise ValueError(f"compile: alpha must be in [0, 1) or 'fista', got {alpha!r}")
     if beta != "learned" and not (isinstance(beta, (int, float)) and 0.0 < beta <= 1.0):
         raise ValueError(f"compile: beta must be in (0, 1] or 'learned', got {beta!r}")
+    if not isinstance(checkpoint_sweeps, (bool, int)) or checkpoint_sweeps < 0:
+        raise ValueError(
+            "compile: checkpoint_sweeps must be True, False or an integer >= 1 "
+            f"(iterations per recomputed segment), got {checkpoint_sweeps!r}"
+        )
+    if not isinstance(torch_compile, (bool, Mapping)):
+        raise ValueError(
+            "compile: torch_compile must be a bool or a mapping of torch.compile options, "
+            f"got {torch_compile!r}"
+        )
     if negative_bias not in NEGATIVE_BIAS:
         raise ValueError(
             f"compile: unknown negative_bias {negative_bias!r}; expected one of {NEGATIVE_BIAS}"
         )
     g = validate(graph)
+    from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
+
+    check_memory(g, "pursuit" if method != "feedforward" and iterations else "weights", dtype=dtype)
     if method == "feedforward":
         iterations = 0
     imported = None
@@ -704,19 +1064,22 @@ def compile(
         learn_lambda=learn_lambda,
         threshold=threshold,
         schedule=schedule,
+        layered_init=layered_init,
         num_classes=num_classes,
         mean=mean,
         std=std,
-        power_iterations=power_iterations,
         seed=seed,
+        checkpoint_sweeps=checkpoint_sweeps,
+        channels_last=channels_last,
+        torch_compile=torch_compile,
         free_lambda=imported is not None and iterations == 0,
     )
     net = net.to(dtype=dtype, device=device)
     if imported is not None:
         edges, lambdas, nodes, _, head = imported
         _load_weights(net, edges, lambdas, nodes, head)
-    if iterations > 0 or imported is None:  # an imported network that never iterates uses no L
-        net.refresh_lipschitz(iterations=100)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     return net
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,11 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ._device import check_device
 from ._io import atomic_write
 from .attacks import _eval_mode, _model_device, fgsm, parse_eps, pgd
 from .data import derive_seed, make_loader
 
 __all__ = [
+    "ResumeMismatchError",
+    "resume_differences",
+    "resume_state",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CHECKPOINT_VERSION",
@@ -123,8 +127,113 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+class ResumeMismatchError(ValueError):
+    """An existing checkpoint was trained with other settings than a resumed run asks for.
+
+    Attributes
+    ----------
+    path : Path
+        The checkpoint.
+    differences : list of str
+        One ``"name: stored -> requested"`` entry per setting that differs.
+    """
+
+    def __init__(self, path: Path, differences: list[str]):
+        self.path = Path(path)
+        self.differences = list(differences)
+        shown = "; ".join(self.differences[:6])
+        if len(self.differences) > 6:
+            shown += f"; and {len(self.differences) - 6} more"
+        super().__init__(
+            f"cannot resume from {path}: it was trained with other settings ({shown}); use "
+            "the same settings, another checkpoint_dir, or resume=False to start over"
+        )
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _sniff(path: Path, head: bytes) -> str | None:
+    """Why a file cannot be a torch checkpoint, judged from its first bytes (None: it may be)."""
+    if not head:
+        return "the file is empty"
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":  # torch zip or legacy pickle
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not a PyTorch file (it starts with the bytes {head[:4].hex(' ')})"
+    if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"a text file, not a PyTorch file (it starts with {text[:20]!r})"
+    return f"not a PyTorch file (it starts with the bytes {head[:4].hex(' ')})"
+
+
+def _load_error(path: Path, err: BaseException, head: bytes = b"") -> str:
+    """A one-line reason for a failed ``torch.load(weights_only=True)``, without torch's advice."""
+    import re
+
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}) besides tensors and plain data, and "
+            "loading that could run code, so deepframe refuses the file"
+        )
+    if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupt"
+    if "Unsupported operand" in text or isinstance(err, __import__("pickle").UnpicklingError):
+        return "not a PyTorch checkpoint (a pickle that holds more than tensors and plain data)"
+    if head.startswith(_ZIP_MAGIC):
+        return "a zip archive without PyTorch's layout (another program's file, or damaged)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"unreadable ({first[:120]})"
+
+
+def _check_state(path: Path, state: dict, training: bool) -> None:
+    """Types of the fields a checkpoint must have; a clear error for each wrong one."""
+    required = ("epoch", "model", "optimizer", "config", "history") if training else ("model",)
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"{path}: deepframe checkpoint lacks {', '.join(missing)}")
+    expected = {
+        "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "model": lambda v: (
+            isinstance(v, dict)
+            and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+        ),
+        # a weights-only checkpoint (training=False) may say "no optimizer state"
+        "optimizer": lambda v: isinstance(v, dict) or (v is None and not training),
+        "config": lambda v: isinstance(v, dict),
+        "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "metadata": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, ok in expected.items():
+        if key in state and not ok(state[key]):
+            raise ValueError(
+                f"{path}: the checkpoint's {key!r} entry is invalid ({type(state[key]).__name__} "
+                f"{str(state[key])[:60]!r}); the file is damaged or was edited"
+            )
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, training: bool = True
+) -> dict:
     """Read a deepframe checkpoint with ``torch.load(..., weights_only=True)``.
+
+    Loading never runs code from the file. Every failure is one line naming
+    the path and the reason; torch's own advice to retry with
+    ``weights_only=False`` is never passed on.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+    map_location : str or torch.device
+        Where the tensors go (checked to exist on this machine).
+    training : bool
+        Require the training state (``epoch``, ``optimizer``, ``config``,
+        ``history``) besides the weights; ``False`` accepts a weights-only
+        checkpoint (``model`` and ``metadata``).
 
     Returns
     -------
@@ -139,27 +248,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     FileNotFoundError
         No file at ``path``.
     ValueError
-        The file is not a deepframe checkpoint: unreadable, truncated,
-        garbage, another program's file, or another layout version. The
-        message names the path.
+        ``path`` is a folder or unreadable, or not a deepframe checkpoint:
+        empty, truncated, garbage, a text file, another program's file, a
+        file holding Python objects, another layout version, or fields of
+        the wrong type. The message names the path.
     """
+    import warnings
+
     path = Path(path)
+    if path.is_dir():
+        hint = " (the checkpoint.pt inside it?)" if (path / CHECKPOINT_NAME).is_file() else ""
+        raise ValueError(f"{path} is a folder: give the checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    map_location = check_device(map_location)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    reason = _sniff(path, head)
+    if reason is not None:
+        raise ValueError(f"{path} is not a deepframe checkpoint: {reason}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/pickle/EOF errors all mean "not a checkpoint"
-        raise ValueError(f"{path} is not a deepframe checkpoint (unreadable: {err})") from err
+        raise ValueError(
+            f"{path} is not a deepframe checkpoint: {_load_error(path, err, head)}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a deepframe checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
+        what = (
+            f"a dict with keys {', '.join(map(str, list(state)[:5]))}"
+            if isinstance(state, dict)
+            else f"a {type(state).__name__}"
+        )
+        raise ValueError(
+            f"{path} is not a deepframe checkpoint (no {CHECKPOINT_FORMAT!r} marker; the file "
+            f"holds {what}): another program's PyTorch file?"
+        )
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(
             f"{path}: deepframe checkpoint version {state.get('version')!r} is not supported "
             f"(this deepframe reads version {CHECKPOINT_VERSION})"
         )
-    missing = [k for k in ("epoch", "model", "optimizer", "config", "history") if k not in state]
-    if missing:
-        raise ValueError(f"{path}: deepframe checkpoint lacks {', '.join(missing)}")
+    _check_state(path, state, training)
     return state
 
 
@@ -182,7 +316,7 @@ def model_metadata(graph, **compile_options: Any) -> dict:
     dict
         ``{"graph": node-link JSON text, "compile": options}``.
     """
-    from .graph import save
+    from .graph import dumps
 
     options = {k: v for k, v in compile_options.items() if k != "device"}
     if isinstance(options.get("dtype"), torch.dtype):
@@ -191,46 +325,142 @@ def model_metadata(graph, **compile_options: Any) -> dict:
         if options.get(key) is not None:
             options[key] = [float(v) for v in options[key]]
     _check_plain(options, "compile options")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "graph.json"
-        save(graph, path)
-        text = path.read_text()
-    return {"graph": text, "compile": options}
+    return {"graph": dumps(graph), "compile": options}
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _compile_options(path: Path, metadata: dict) -> dict:
+    """The stored options of :func:`deepframe.compile`, checked (dtype, method, names)."""
+    import inspect
+
+    from .pursuit import METHODS, compile
+
+    options = metadata.get("compile") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: the stored compile options are not a dict: {options!r:.60}")
+    options = dict(options)
+    known = set(inspect.signature(compile).parameters) - {"graph", "device"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"{path}: the stored compile options name {', '.join(map(repr, unknown))}, which "
+            "this deepframe's compile does not take (a checkpoint from another version?)"
+        )
+    if "dtype" in options:
+        if options["dtype"] not in _DTYPES:
+            raise ValueError(
+                f"{path}: the stored dtype {options['dtype']!r} is not one of {', '.join(_DTYPES)}"
+            )
+        options["dtype"] = getattr(torch, options["dtype"])
+    if "method" in options and options["method"] not in METHODS:
+        raise ValueError(
+            f"{path}: the stored method {options['method']!r} is not one of {', '.join(METHODS)}"
+        )
+    return options
+
+
+def _nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names (with counts) of floating tensors that hold NaN or infinite entries."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            count = int((~torch.isfinite(t)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {t.numel()})")
+    return bad
+
+
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    check_finite: bool = True,
+) -> nn.Module:
     """Rebuild the compiled solver stored in a checkpoint, with its trained weights.
 
     The checkpoint must carry :func:`model_metadata` (the architecture and
-    the options of :func:`deepframe.compile`). The model is returned in eval
+    the options of :func:`deepframe.compile`); the training state is not
+    needed (a weights-only checkpoint loads). The model is returned in eval
     mode on ``map_location``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+    map_location : str or torch.device
+        Device of the model (checked to exist here).
+    check_finite : bool
+        Refuse weights that hold NaN or infinite values (a diverged run).
 
     Raises
     ------
     FileNotFoundError, ValueError
         As :func:`load_checkpoint`; ``ValueError`` also when the checkpoint
-        does not record its architecture.
+        does not record its architecture, when its stored architecture,
+        dtype, method or other compile options are invalid, when its weights
+        do not fit that architecture, and (``check_finite``) when a weight is
+        not finite. Every message names the path.
+    MemoryBudgetError
+        The model would exceed the memory budget (see
+        :func:`deepframe.dictionary.check_memory`).
     """
-    from .graph import load
+    from .graph import ArchitectureError, loads
     from .pursuit import compile
 
-    state = load_checkpoint(path, map_location=map_location)
+    path = Path(path)
+    state = load_checkpoint(path, map_location=map_location, training=False)
     metadata = state.get("metadata") or {}
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("graph"), str):
+    if not isinstance(metadata.get("graph"), str):
         raise ValueError(
             f"{path} does not record its architecture: train with "
             "metadata=model_metadata(graph, **compile_options)"
         )
-    options = dict(metadata.get("compile") or {})
-    if isinstance(options.get("dtype"), str):
-        options["dtype"] = getattr(torch, options["dtype"])
-    with tempfile.TemporaryDirectory() as folder:
-        graph_path = Path(folder) / "graph.json"
-        graph_path.write_text(metadata["graph"])
-        graph = load(graph_path)
-    model = compile(graph, **options, device=map_location)
+    options = _compile_options(path, metadata)
+    if check_finite:
+        bad = _nonfinite(state["model"])
+        if bad:
+            raise ValueError(
+                f"{path}: the model's weights are not finite in {', '.join(bad[:3])}"
+                f"{' and more' if len(bad) > 3 else ''}: the run diverged; retrain with a "
+                "smaller learning rate"
+            )
+    try:
+        graph = loads(metadata["graph"], where=f"{path} (stored architecture)")
+    except ArchitectureError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        model = compile(graph, **options, device=map_location)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, MemoryError):
+            raise
+        raise ValueError(f"{path}: the stored compile options are invalid ({exc})") from None
+    problem = _state_dict_problem(model, state["model"])
+    if problem:
+        raise ValueError(f"{path}: the stored weights do not fit its architecture ({problem})")
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def _state_dict_problem(model: nn.Module, stored: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``stored`` cannot be loaded into ``model`` (missing/extra keys, shapes), or None."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in stored]
+    extra = [k for k in stored if k not in own]
+    shapes = [
+        f"{k} {tuple(stored[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    if shapes:
+        parts.append(f"shape {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''}")
+    return "; ".join(parts) or None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -242,7 +472,7 @@ def _distributed_setup(device: torch.device | str | None) -> tuple[int, int, boo
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank if env_world > 1 else torch.cuda.current_device())
     created = False
@@ -393,22 +623,180 @@ def _append_log(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _graph_differences(old: str, new: str) -> list[str]:
+    """What differs between two node-link architectures (as JSON text), briefly."""
+    try:
+        a, b = json.loads(old), json.loads(new)
+        nodes_a = {str(n["id"]): n for n in a["nodes"]}
+        nodes_b = {str(n["id"]): n for n in b["nodes"]}
+        key_a = "edges" if "edges" in a else "links"
+        key_b = "edges" if "edges" in b else "links"
+        edges_a = {f"{e['source']}->{e['target']}": e for e in a[key_a]}
+        edges_b = {f"{e['source']}->{e['target']}": e for e in b[key_b]}
+    except (ValueError, KeyError, TypeError):
+        return ["architecture: differs"]
+    out = []
+    for kind, old_items, new_items in (("node", nodes_a, nodes_b), ("edge", edges_a, edges_b)):
+        gone = [k for k in old_items if k not in new_items]
+        added = [k for k in new_items if k not in old_items]
+        if gone:
+            out.append(f"architecture: {kind}s {', '.join(gone[:4])} only in the checkpoint")
+        if added:
+            out.append(f"architecture: {kind}s {', '.join(added[:4])} only in this run")
+        for k in old_items:
+            if k not in new_items:
+                continue
+            x, y = old_items[k], new_items[k]
+            for attr in sorted(set(x) | set(y)):
+                if attr not in ("id", "source", "target") and x.get(attr) != y.get(attr):
+                    old_value, new_value = x.get(attr), y.get(attr)
+                    out.append(f"architecture: {kind} {k} {attr} {old_value!r} -> {new_value!r}")
+    return out or ["architecture: differs"]
+
+
+def resume_differences(state: Mapping, config: Mapping, metadata: Mapping | None) -> list[str]:
+    """What a run with ``config`` and ``metadata`` changes against a checkpoint's ``state``.
+
+    Compared: the settings that change the trajectory (seed, epochs, batch
+    size, optimizer, lr, momentum, weight decay, schedule, adversarial
+    training) and, when both the checkpoint and the run carry metadata, every
+    metadata entry: the architecture (node-link text, compared node by node),
+    the options of :func:`deepframe.compile` (method, iterations, ...) and
+    anything else (e.g. the dataset).
+
+    Returns
+    -------
+    list of str
+        ``"name: stored -> requested"`` per difference; empty when resuming is safe.
+    """
+    stored = state.get("config") or {}
+    out = [
+        f"{k}: {stored.get(k)!r} -> {config[k]!r}"
+        for k in _RESUME_KEYS
+        if stored.get(k) != config[k]
+    ]
+    old = state.get("metadata")
+    if not isinstance(old, Mapping) or metadata is None:
+        return out
+    for key in sorted(set(old) | set(metadata), key=str):
+        a, b = old.get(key), metadata.get(key)
+        if a == b:
+            continue
+        if key == "graph" and isinstance(a, str) and isinstance(b, str):
+            out.extend(_graph_differences(a, b))
+        elif key == "compile" and isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(
+                f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(set(a) | set(b), key=str)
+                if a.get(k) != b.get(k)
+            )
+        else:
+            out.append(f"{key}: {a!r:.60} -> {b!r:.60}")
+    return out
+
+
+def _training_config(
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    optimizer: str = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str | None = "cosine",
+    seed: int = 0,
+    fgsm_eps: float | str | None = None,
+    adversarial: Mapping[str, float | str] | None = None,
+) -> dict:
+    """The settings of :func:`train`, checked up front, as stored in the checkpoint."""
+
+    def integer(name, value, minimum):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    def real(name, value, *, positive):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            relation = ">" if positive else ">="
+            raise ValueError(f"{name} must be a finite number {relation} 0, got {value!r}")
+        return float(value)
+
+    config = {
+        "seed": integer("seed", seed, 0),
+        "epochs": integer("epochs", epochs, 1),
+        "batch_size": integer("batch_size", batch_size, 1),
+        "optimizer": optimizer,
+        "lr": real("lr", lr, positive=True),
+        "momentum": real("momentum", momentum, positive=False),
+        "weight_decay": real("weight_decay", weight_decay, positive=False),
+        "schedule": schedule,
+        "adversarial": _adversarial_config(adversarial),
+        "fgsm_eps": None if fgsm_eps is None else parse_eps(fgsm_eps),
+    }
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam'")
+    if schedule not in ("cosine", "step", None):
+        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine', 'step' or None")
+    return config
+
+
+def resume_state(
+    checkpoint_dir: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> dict | None:
+    """The checkpoint a :func:`train` call would resume from, checked, before any work.
+
+    ``settings`` are :func:`train`'s keyword arguments that matter here
+    (``epochs``, ``batch_size``, ``optimizer``, ``lr``, ``momentum``,
+    ``weight_decay``, ``schedule``, ``seed``, ``fgsm_eps``, ``adversarial``).
+    Compare ``state["epoch"]`` with ``epochs`` to see whether the run is
+    already complete.
+
+    Returns
+    -------
+    dict or None
+        The checkpoint (see :func:`load_checkpoint`), or None when
+        ``checkpoint_dir`` holds none.
+
+    Raises
+    ------
+    ValueError
+        A setting is invalid, or the checkpoint is not a deepframe checkpoint.
+    ResumeMismatchError
+        The checkpoint was trained with other settings or another model
+        (the message lists every difference).
+    """
+    config = _training_config(**settings)
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    differences = resume_differences(state, config, metadata)
+    if differences:
+        raise ResumeMismatchError(path, differences)
+    return state
+
+
 def _resume(
     path: Path,
     config: dict,
+    metadata: Mapping | None,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
 ) -> tuple[int, list[dict]]:
     """Load a checkpoint into model, optimizer and scheduler; return (epoch, history)."""
     state = load_checkpoint(path)
-    changed = [k for k in _RESUME_KEYS if state["config"].get(k) != config[k]]
-    if changed:
-        details = ", ".join(f"{k}: {state['config'].get(k)!r} -> {config[k]!r}" for k in changed)
-        raise ValueError(
-            f"cannot resume from {path}: settings differ ({details}); "
-            "use the same settings, another checkpoint_dir, or resume=False"
-        )
+    differences = resume_differences(state, config, metadata)
+    problem = _state_dict_problem(model, state["model"])
+    if problem:
+        differences.append(f"model: the stored weights do not fit this model ({problem})")
+    if differences:
+        raise ResumeMismatchError(path, differences)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
@@ -524,7 +912,7 @@ def train(
     eval_batch_size: int = 512,
     num_workers: int = 0,
 ) -> list[dict]:
-    r"""Train a classifier of [0, 1] images with cross-entropy (SPEC §6).
+    r"""Train a classifier of [0, 1] images with cross-entropy (docs/training.md).
 
     Each step minimises the mean cross-entropy of a batch,
     ``J = -1/B sum_i log softmax(model(x_i))_{y_i}``, with SGD (momentum, no
@@ -562,7 +950,16 @@ def train(
     CPU, because every random stream of an epoch is seeded from
     ``(seed, epoch)``. Resuming with settings that change the trajectory
     (seed, epochs, batch size, optimizer, lr, momentum, weight decay,
-    schedule, adversarial training) is refused.
+    schedule, adversarial training), with other ``metadata`` (architecture,
+    compile options, dataset) or with weights that do not fit ``model`` is
+    refused with :class:`ResumeMismatchError`, which lists every difference
+    (see :func:`resume_differences`; :func:`resume_state` runs the same
+    checks without training).
+
+    Every setting is checked before any work: ``epochs`` and ``batch_size``
+    integers >= 1, ``seed`` an integer >= 0, ``lr`` finite and > 0,
+    ``momentum`` and ``weight_decay`` finite and >= 0, a known optimizer and
+    schedule, eps values that parse, and a ``device`` that exists here.
 
     Distributed. Under ``torchrun`` (environment variable ``WORLD_SIZE > 1``)
     the process group is initialised here (nccl for CUDA devices, gloo
@@ -627,37 +1024,35 @@ def train(
     -------
     list of dict
         The per-epoch records of the whole run (including resumed epochs).
+
+    Raises
+    ------
+    ValueError
+        An invalid setting or device (before any work), or an existing
+        checkpoint that is not a deepframe checkpoint.
+    ResumeMismatchError
+        ``resume=True`` and the checkpoint was trained with other settings,
+        metadata or model.
+    FloatingPointError
+        The loss of an epoch is not finite (the run diverged).
     """
     from tqdm.auto import tqdm
 
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if weight_decay < 0 or momentum < 0:
-        raise ValueError("weight_decay and momentum must be >= 0")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam'")
-    if schedule not in ("cosine", "step", None):
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine', 'step' or None")
-    eps_eval = None if fgsm_eps is None else parse_eps(fgsm_eps)
-    adversarial_cfg = _adversarial_config(adversarial)
+    config = _training_config(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        seed=seed,
+        fgsm_eps=fgsm_eps,
+        adversarial=adversarial,
+    )
+    eps_eval, adversarial_cfg = config["fgsm_eps"], config["adversarial"]
     if metadata is not None:
         _check_plain(dict(metadata), "metadata")
-    config = {
-        "seed": int(seed),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "optimizer": optimizer,
-        "lr": float(lr),
-        "momentum": float(momentum),
-        "weight_decay": float(weight_decay),
-        "schedule": schedule,
-        "adversarial": adversarial_cfg,
-        "fgsm_eps": eps_eval,
-    }
 
     rank, world_size, created_group, device = _distributed_setup(device)
     try:
@@ -671,7 +1066,9 @@ def train(
         checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
         start_epoch, history = 0, []
         if checkpoint_path is not None and resume and checkpoint_path.exists():
-            start_epoch, history = _resume(checkpoint_path, config, model, optim, scheduler)
+            start_epoch, history = _resume(
+                checkpoint_path, config, metadata, model, optim, scheduler
+            )
         if rank == 0 and log_path is not None:
             _write_log(Path(log_path), history)
 

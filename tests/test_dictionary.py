@@ -356,7 +356,7 @@ def test_lipschitz_against_dense_block_norms(D):
 def test_lipschitz_by_power_iteration(dictionaries, name):
     D = dictionaries[name]
     exact = D.lipschitz(exact=True)
-    approx = D.lipschitz()
+    approx = D.lipschitz(estimate=True)
     for j in D.nodes:
         assert approx[j] <= exact[j] * (1 + 1e-10)
         assert approx[j] == pytest.approx(exact[j], rel=1e-2)
@@ -438,3 +438,68 @@ def test_weights_of_the_wrong_shape_are_rejected(key, shape):
     weights[key] = torch.randn(shape, dtype=torch.float64)
     with pytest.raises(ValueError, match=key):
         GlobalDictionary(g, weights)
+
+
+# --------------------------------------------------------------------------
+# column scales (batch norm folded): synthesis blocks only
+# --------------------------------------------------------------------------
+def _scales(D, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        j: torch.rand(D.node_shapes[j][0], generator=g, dtype=torch.float64) * 2 + 0.2
+        for j in D.nodes[::2]  # every other node, so scaled and unscaled ones meet
+    }
+
+
+def test_column_scales_scale_the_synthesis_blocks_only(D):
+    scales = _scales(D)
+    S = GlobalDictionary(D.graph, D.weights, D.lambdas, column_scales=scales)
+    nodes, terms = reference_blocks(D.graph, {k: w.numpy() for k, w in D.weights.items()})
+    col = {j: i for i, j in enumerate(nodes)}
+    grid = [[None] * len(nodes) for _ in terms]
+    for r, ((name, blocks), t) in enumerate(zip(terms, S.terms)):
+        assert name == t.name
+        for k, block in blocks.items():
+            if k == t.synth and k in scales:  # atoms (columns) of node k, per channel
+                s = scales[k].numpy()
+                block = block * np.repeat(s, block.shape[1] // s.size)[None, :]
+            grid[r][col[k]] = block
+    for r, (_, blocks) in enumerate(terms):
+        for c in range(len(nodes)):
+            if grid[r][c] is None:
+                grid[r][c] = np.zeros((next(iter(blocks.values())).shape[0], D.col_sizes[c]))
+    want = np.block(grid)
+    np.testing.assert_allclose(S.todense().numpy(), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(S.tosparse().toarray(), want, rtol=1e-13, atol=1e-13)
+    assert S.dottest() < 1e-10
+    # the objective is 1/2 ||y - D w||^2 + <lambda, w> with the scaled matrix
+    x = torch.rand(
+        (2, *S.input_shape), generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    w = torch.rand((2, S.shape[1]), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    r = S.target(x).numpy() - w.numpy() @ want.T
+    lam = _lambda_vector(S)
+    expected = 0.5 * (r**2).sum(1) + w.numpy() @ lam
+    np.testing.assert_allclose(S.objective(x, w).numpy(), expected, rtol=1e-12)
+    # and the conversion keeps them
+    S32 = S.to(torch.float32)
+    assert set(S32.column_scales) == set(scales)
+    assert all(s.dtype == torch.float32 for s in S32.column_scales.values())
+
+
+def test_lipschitz_default_is_an_upper_bound_of_each_block(D):
+    bound = D.lipschitz()
+    exact = D.lipschitz(exact=True)
+    dense = D.todense().numpy()
+    for j, start, size in zip(D.nodes, D.col_offsets, D.col_sizes):
+        assert bound[j] >= exact[j]
+        assert bound[j] >= np.linalg.norm(dense[:, start : start + size], 2) ** 2
+
+
+def test_bad_column_scales_are_clear_errors(dictionaries):
+    D = dictionaries["chain conv"]
+    j = D.nodes[0]
+    with pytest.raises(ValueError, match="not an activation node"):
+        GlobalDictionary(D.graph, D.weights, column_scales={"nope": torch.ones(2)})
+    with pytest.raises(ValueError, match="shape"):
+        GlobalDictionary(D.graph, D.weights, column_scales={j: torch.ones(99)})

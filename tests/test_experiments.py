@@ -1,117 +1,286 @@
-"""End-to-end checks of ``deepframe.experiments.reproduce`` (SPEC §7)."""
+"""The reproduction pipeline (profiles, resume, shards, merge, claims) on a reduced setting."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 
 import pytest
 
-from deepframe.experiments import PROFILES, model_specs, reproduce
+from deepframe.experiments import PROFILES, claims_table, merge, model_specs, reproduce
+from deepframe.experiments.profiles import select_shard
+from deepframe.experiments.stats import combination, spearman, verdict, wilson
 
-FIGURES = ("fig5", "fig6", "fig7", "fig8", "fig9", "fig10")
+PROFILE = PROFILES["test"]
+FIELDS = (
+    "name",
+    "method",
+    "skips",
+    "depth",
+    "iterations",
+    "seed",
+    "adversarial_training",
+    "train_images",
+    "eval_images",
+    "epochs",
+    "eps",
+    "clean_acc",
+    "fgsm_acc",
+    "pgd_acc",
+    "checkpoint",
+    "mutual_coherence",
+    "deep_frame_potential",
+)
+#: Fields of a record that depend on the wall clock, not on the computation.
+TIMING = ("train_seconds", "attack_seconds")
 
 
-def _accuracies(numbers: dict) -> list[float]:
-    """Every value under an ``*_acc`` key of a figure's JSON, flattened."""
-    found = []
-    for key, value in numbers.items():
-        if isinstance(value, dict):
-            found += _accuracies(value)
-        elif key.endswith("_acc"):
-            found += list(value) if isinstance(value, list) else [value]
-    return found
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = reproduce(out, profile="test", progress=False, jobs=1)
+    return out, result
 
 
-def test_model_specs_share_the_feedforward_baselines():
-    specs = model_specs(PROFILES["quick"])
+def test_model_specs_cover_the_figures_once_per_seed():
+    quick = PROFILES["quick"]
+    specs = model_specs(quick)
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    # 3 depths x (ResNet, chain) + 3 families x 3 nonzero T
-    assert len(specs) == 6 + 9
+    per_seed = 6 + 2 + 1 + 9  # Fig. 5, DenseNets, adversarial baseline, 3 families x 3 T
+    assert len(specs) == per_seed * len(quick.seeds) and len(quick.seeds) >= 3
     assert {s.method for s in specs if s.iterations == 0} == {"feedforward"}
+    assert sum(s.adversarial for s in specs) == len(quick.seeds)
+    curves = {s.base for s in specs if s.curve}
+    assert curves == {"ff-chain-n1", "lbp-n1-T4", "dp-n1-T4"}
 
 
-def test_reproduce_test_profile_end_to_end_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    result = reproduce(out, profile="test", progress=False)
+def test_shards_partition_the_models():
+    specs = model_specs(PROFILES["quick"])
+    parts = [select_shard(specs, (i, 3)) for i in (1, 2, 3)]
+    assert sorted(s.name for p in parts for s in p) == sorted(s.name for s in specs)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match="shard"):
+        select_shard(specs, (4, 3))
 
-    for name in FIGURES:
-        assert (out / f"{name}.json").is_file(), name
-        if "skipped" not in json.loads((out / f"{name}.json").read_text()):
-            assert (out / f"{name}.png").stat().st_size > 0, name
-    assert (out / "report.md").is_file()
+
+def test_results_json_has_every_field_the_report_reads(run):
+    out, result = run
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["models"]) == len(model_specs(PROFILE))
+    for record in data["models"]:
+        for key in FIELDS:
+            assert key in record, key
+        assert record["method"] in ("feedforward", "layered", "deep")
+        for key in ("clean_acc", "fgsm_acc", "pgd_acc"):
+            assert 0.0 <= record[key] <= 1.0
+        assert record["train_images"] == PROFILE.train_images
+        assert record["eval_images"] == PROFILE.eval_images
+        assert (out / record["checkpoint"]).is_file()
+        assert 0.0 <= record["mutual_coherence"] <= 1.0 + 1e-9
+        assert record["paper_iterations"] == record["iterations"] + 1
+    for name in ("fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "fig_selection"):
+        assert (out / f"{name}.png").stat().st_size > 0, name
     report = (out / "report.md").read_text()
-    assert "CPU-scale profile" in report and "CIFAR-10" in report
-    specs = model_specs(PROFILES["test"])
-    for spec in specs:
-        folder = out / "models" / spec.name
-        assert (folder / "checkpoint.pt").is_file()
-        assert (folder / "log.jsonl").is_file()
-        assert (folder / "result.json").is_file()
-
-    accs = []
-    for name in ("fig5", "fig6", "fig7"):
-        accs += _accuracies(json.loads((out / f"{name}.json").read_text()))
-    assert accs and all(0.0 <= a <= 1.0 for a in accs)
-    fig6 = json.loads((out / "fig6.json").read_text())
-    assert fig6["T"] == list(PROFILES["test"].iterations)
-    fig8 = json.loads((out / "fig8.json").read_text())
-    errors = fig8["DP-res"]["node_errors"]
-    assert errors and all(len(e) == max(PROFILES["test"].iterations) + 1 for e in errors.values())
-    fig9 = json.loads((out / "fig9.json").read_text())
-    if "skipped" not in fig9:
-        assert all(v >= 0 for v in fig9["DP-res"]["deep_frame_potential"])
-        fig10 = json.loads((out / "fig10.json").read_text())
-        assert all(0 <= v <= 1 + 1e-9 for v in fig10["DP"]["mutual_coherence"])
-    assert result["summary"]["trained_now"] == len(specs)
-
-    mtimes = {s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns for s in specs}
-    again = reproduce(out, profile="test", progress=False)
-    assert again["summary"]["trained_now"] == 0
-    assert {
-        s.name: (out / "models" / s.name / "checkpoint.pt").stat().st_mtime_ns for s in specs
-    } == mtimes
-    assert again["figures"]["fig6"] == result["figures"]["fig6"]
+    assert "| # | claim" in report and "PGD" in report and "paper's T" in report
+    assert {c["id"] for c in data["claims"]} >= {
+        "skips-feedforward",
+        "dpres-beats-lbp",
+        "reconstruction",
+        "geometry-predicts-robustness",
+        "dataless-selection",
+    }
+    assert len(data["selection"]) == 5
 
 
-def test_reproduce_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="profile"):
-        reproduce(tmp_path, profile="huge")
-    with pytest.raises(ValueError, match="data_dir"):
-        reproduce(tmp_path, dataset="cifar10")
+def test_weights_only_checkpoints_load_and_reproduce_the_clean_accuracy(run):
+    import torch
+
+    from deepframe import load_model
+    from deepframe.attacks import accuracy
+    from deepframe.experiments.runner import load_data
+
+    out, _ = run
+    record = next(
+        r for r in json.loads((out / "results.json").read_text())["models"] if r["iterations"]
+    )
+    state = torch.load(out / record["checkpoint"], weights_only=True)
+    assert state["optimizer"] is None
+    model = load_model(out / record["checkpoint"])
+    _, eval_set, _ = load_data(PROFILE, None, record["seed"])
+    assert accuracy(model, eval_set) == record["clean_acc"]
+
+
+def test_resume_skips_finished_models(run):
+    out, first = run
+    files = sorted((out / "models").glob("*/model.pt"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    again = reproduce(out, profile="test", progress=False, jobs=1)
+    assert again["trained_now"] == 0
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+    assert again["results"]["claims"] == first["results"]["claims"]
+
+
+def test_an_interrupted_model_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    only = "ff-res-n1-seed0"
+    reproduce(out, profile="test", progress=False, only=only)
+    folder = out / "models" / only
+    (folder / "result.json").unlink()  # as if killed after training, before the attacks
+    (folder / "model.pt").unlink()
+    before = (folder / "train" / "checkpoint.pt").stat().st_mtime_ns
+    again = reproduce(out, profile="test", progress=False, only=only)
+    # the finished training is not repeated: its checkpoint is untouched
+    assert (folder / "train" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert again["trained_now"] == 1 and (folder / "model.pt").is_file()
+
+
+def _comparable(data: dict) -> dict:
+    models = [{k: v for k, v in r.items() if k not in TIMING} for r in data["models"]]
+    return {"models": sorted(models, key=lambda r: r["name"]), "claims": data["claims"]}
+
+
+def test_shards_merged_equal_the_unsharded_run(run, tmp_path):
+    out, _ = run
+    parts = []
+    for i in (1, 2):
+        part = tmp_path / f"part{i}"
+        result = reproduce(part, profile="test", progress=False, shard=f"{i}/2")
+        assert result["results"] is None  # a part alone writes no report
+        parts.append(part)
+    merged = merge(parts, tmp_path / "merged", profile="test", progress=False)
+    whole = json.loads((out / "results.json").read_text())
+    assert _comparable(merged) == _comparable(whole)
+    assert len(merged["runs"]) == 2
+
+
+def test_merge_refuses_a_folder_without_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a reproduction folder"):
+        merge([tmp_path], tmp_path / "out", profile="test", progress=False)
+
+
+def _claim(claims, cid):
+    return next(c for c in claims if c["id"] == cid)
+
+
+def test_claims_are_computed_from_the_results(run):
+    out, _ = run
+    data = json.loads((out / "results.json").read_text())
+    records, selection = data["models"], data["selection"]
+
+    # ResNet far above its chain twin: supported; far below: contradicted
+    up = claims_table(_set(records, "ff-res-n2", 1.0, "ff-chain-n2", 0.0), selection, PROFILE)
+    down = claims_table(_set(records, "ff-res-n2", 0.0, "ff-chain-n2", 1.0), selection, PROFILE)
+    assert _claim(up, "skips-feedforward")["verdict"]["fgsm"] == "supported"
+    assert _claim(down, "skips-feedforward")["verdict"]["fgsm"] == "contradicted"
+    # the PGD verdict reads pgd_acc, untouched here
+    assert _claim(up, "skips-feedforward")["verdict"]["pgd"] == _claim(
+        claims_table(records, selection, PROFILE), "skips-feedforward"
+    )["verdict"]["pgd"]
+
+
+def _set(records, high, high_value, low, low_value):
+    changed = copy.deepcopy(records)
+    for r in changed:
+        if r["base"] == high:
+            r["fgsm_acc"] = high_value
+        if r["base"] == low:
+            r["fgsm_acc"] = low_value
+    return changed
+
+
+def test_geometry_claim_flips_with_the_geometry(run):
+    out, _ = run
+    data = json.loads((out / "results.json").read_text())
+    records = copy.deepcopy(data["models"])
+    for r in records:
+        lower = r["base"].startswith("dpres")
+        r["deep_frame_potential"] = (0.001 if lower else 0.01) * (1 + 0.01 * r["seed"])
+        r["mutual_coherence"] = (0.1 if lower else 0.5) * (1 + 0.01 * r["seed"])
+    claims = claims_table(records, data["selection"], PROFILE)
+    assert _claim(claims, "geometry-lower-dpres")["verdict"]["fgsm"] == "supported"
+    for r in records:
+        r["deep_frame_potential"], r["mutual_coherence"] = (
+            (0.05, 0.9) if r["base"].startswith("dpres") else (0.01, 0.5)
+        )
+        r["deep_frame_potential"] *= 1 + 0.01 * r["seed"]
+    claims = claims_table(records, data["selection"], PROFILE)
+    assert _claim(claims, "geometry-lower-dpres")["verdict"]["fgsm"] == "contradicted"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (37, 100), (500, 1000), (1000, 1000)])
+def test_wilson_matches_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    iv = wilson(k / n, n)
+    assert math.isclose(iv.low, ref.low, abs_tol=1e-9)
+    assert math.isclose(iv.high, ref.high, abs_tol=1e-9)
+
+
+def test_combination_one_seed_is_the_wald_interval_of_a_difference():
+    iv = combination([(1, [0.6], 1000), (-1, [0.5], 500)])
+    half = 1.959963984540054 * math.sqrt(0.6 * 0.4 / 1000 + 0.5 * 0.5 / 500)
+    assert math.isclose(iv.value, 0.1) and math.isclose(iv.low, 0.1 - half)
+
+
+def test_combination_several_seeds_is_students_t_with_a_binomial_floor():
+    from scipy.stats import t
+
+    a, b = [0.70, 0.74, 0.69], [0.60, 0.61, 0.66]
+    iv = combination([(1, a, 10**9), (-1, b, 10**9)])
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
+    assert math.isclose(iv.high - iv.value, t.ppf(0.975, 2) * sd / math.sqrt(3))
+    same = combination([(1, [0.7, 0.7], 100), (-1, [0.6, 0.6], 100)])  # zero sample sd
+    assert same.high - same.value > 0.05
+
+
+def test_spearman_matches_scipy_and_has_an_interval():
+    from scipy.stats import spearmanr
+
+    x = [0.1, 0.4, 0.2, 0.9, 0.5, 0.3, 0.8]
+    y = [0.9, 0.5, 0.8, 0.1, 0.4, 0.6, 0.3]
+    iv = spearman(x, y)
+    assert math.isclose(iv.value, spearmanr(x, y).statistic)
+    assert iv.low <= iv.value <= iv.high
+
+
+def test_verdict_rules():
+    from deepframe.experiments.stats import Interval
+
+    assert verdict([Interval(0.2, 0.1, 0.3)]) == "supported"
+    assert verdict([Interval(0.2, 0.1, 0.3), Interval(-0.2, -0.3, -0.1)]) == "contradicted"
+    assert verdict([Interval(0.1, -0.1, 0.3)]) == "inconclusive"
+    assert verdict([Interval(0.1, None, None)]) == "inconclusive"
+    assert verdict([Interval(0.1, None, None)], sign_only_ok=True) == "supported"
 
 
 def test_cli_reproduce_arguments():
     from deepframe.cli import build_parser, reproduce_command
 
     args = build_parser().parse_args(
-        [
-            "reproduce",
-            "--profile",
-            "full",
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            "/data",
-            "--out",
-            "o",
-            "--seed",
-            "3",
-            "--quiet",
-        ]
+        ["reproduce", "--profile", "cifar-small", "--data-dir", "/data", "--out", "o",
+         "--shard", "2/3", "--jobs", "1", "--seeds", "0,1", "--quiet"]
     )
     assert args.func is reproduce_command
-    assert (args.profile, args.dataset, args.data_dir, args.out, args.seed, args.quiet) == (
-        "full",
-        "cifar10",
-        "/data",
-        "o",
-        3,
-        True,
+    assert (args.profile, args.data_dir, args.shard, args.jobs, args.seeds) == (
+        "cifar-small", "/data", "2/3", 1, (0, 1)
     )
-    defaults = build_parser().parse_args(["reproduce"])
-    assert (defaults.profile, defaults.dataset, defaults.out) == (
-        "quick",
-        "digits",
-        "runs/reproduce",
-    )
+    merged = build_parser().parse_args(["reproduce", "--merge", "a", "b", "--out", "c"])
+    assert merged.merge == ["a", "b"]
+    assert build_parser().parse_args(["reproduce"]).profile == "quick"
+
+
+def test_reproduce_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="profile"):
+        reproduce(tmp_path, profile="huge")
+    with pytest.raises(ValueError, match="data_dir"):
+        reproduce(tmp_path, profile="cifar-small")
+    with pytest.raises(ValueError, match="jobs"):
+        reproduce(tmp_path, profile="test", jobs=0)

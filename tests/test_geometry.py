@@ -558,3 +558,67 @@ def test_metrics_report_is_json_serialisable():
     assert back["blocks"][0]["max"] == pytest.approx(back["coherence"])
     dense = geo.metrics_report(g, method="dense")
     assert dense["coherence"] == pytest.approx(report["coherence"], abs=TOL)
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [
+        lambda: df.resnet((2, 9, 7), 1, widths=(2, 3, 4)),
+        lambda: df.resnet((2, 9, 7), 1, widths=(2, 3, 4), shortcut="B"),
+        lambda: df.densenet((1, 7, 9), 2, widths=(2, 3, 2)),
+        lambda: df.chain((2, 9, 9), [3, 2, 4], strides=[2, 1, 2], merge="input"),
+        lambda: df.chain((6,), [4, 5, 3]),
+    ],
+)
+def test_structured_equals_dense_with_column_scales(builder):
+    """Batch norm folded (synthesis blocks scaled per channel, identity and shortcut
+    ones included): the structured engine reads the scales, the dense reference
+    takes D.todense(); the structural count stays the architecture's."""
+    d = df.dictionary(builder(), seed=4)
+    g = torch.Generator().manual_seed(6)
+    scales = {
+        j: torch.rand(d.node_shapes[j][0], generator=g, dtype=torch.float64) * 2 + 0.2
+        for j in d.nodes
+    }
+    folded = GlobalDictionary(d.graph, d.weights, column_scales=scales)
+    s, _ = _compare(folded)
+    assert s.structural_nonzeros == geo.gram_metrics(d).structural_nonzeros
+    # (the coherence may coincide: a node with synthesis blocks only scales as a whole)
+    assert s.frame_potential != pytest.approx(geo.frame_potential(d), rel=1e-6)
+
+
+def test_deep_frame_potential_normalisation_as_documented():
+    """DFP = mean of the *squared* off-diagonal Gram entries of the unit-norm columns
+    over the *structurally* nonzero ordered pairs (numpy, from the definition);
+    mu^2 >= DFP >= (FP_lb - N') / N_nz; the minimised DFP is attained by its weights."""
+    g = df.resnet((1, 5, 5), 1, widths=(2, 3))
+    d = df.dictionary(g, seed=2)
+    m = d.todense().numpy()
+    norms = np.linalg.norm(m, axis=0)
+    live = norms > 0
+    gram = (m[:, live] / norms[live]).T @ (m[:, live] / norms[live])
+    # S: entries nonzero at two independent random draws of the weights (a nonzero
+    # polynomial in the weights vanishes on a null set)
+    pattern = np.zeros((d.shape[1], d.shape[1]), dtype=bool)
+    for seed in (11, 12):
+        other = df.dictionary(g, seed=seed).todense().numpy()
+        pattern |= np.abs(other.T @ other) > 1e-14
+    np.fill_diagonal(pattern, False)
+    structure = pattern[np.ix_(live, live)]
+    off = gram.copy()
+    np.fill_diagonal(off, 0.0)
+    expected = (off[structure] ** 2).sum() / structure.sum()
+    metrics = geo.gram_metrics(d)
+    assert metrics.structural_nonzeros == pattern.sum()
+    assert metrics.deep_frame_potential == pytest.approx(expected, rel=1e-12)
+    n_live = int(live.sum())
+    assert metrics.deep_frame_potential == pytest.approx(
+        ((gram**2).sum() - n_live) / structure.sum(), rel=1e-12
+    )
+    assert np.abs(off).max() ** 2 >= metrics.deep_frame_potential
+    bounds = geo.lower_bounds(d)
+    floor = (bounds["structured_frame_potential"] - n_live) / structure.sum()
+    assert metrics.deep_frame_potential >= floor - 1e-15
+    result = geo.minimize_frame_potential(g, steps=5, lr=0.02, seed=2)
+    assert result.final == pytest.approx(geo.deep_frame_potential(result.dictionary), rel=1e-12)
+    assert geo.mutual_coherence(result.dictionary) ** 2 >= result.final

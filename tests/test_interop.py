@@ -909,7 +909,11 @@ def test_cli_describe_from_torch(user_model, capsys):
         (["metrics", "--from-torch", "usermodels", "--input-shape", "3,8,8"], "module:factory"),
         (["metrics", "--from-torch", "nosuchmodule:f", "--input-shape", "3,8,8"], "nosuchmodule"),
         (["metrics", "--from-torch", "usermodels:big", "--input-shape", "3,8,8"], "'big'"),
-        (["metrics", "--from-torch", "usermodels:small", "--input-shape", "3,8"], "C,H,W"),
+        (["metrics", "--from-torch", "usermodels:small", "--input-shape", "3,8"], "--input-shape"),
+        (
+            ["metrics", "--from-torch", "usermodels:small", "--checkpoint", "c.pt"],
+            "two models",
+        ),
         (
             [
                 "metrics",

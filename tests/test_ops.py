@@ -179,6 +179,44 @@ def test_sqnorm_exact_mode_is_the_spectral_norm(make):
     assert op.sqnorm(exact=True) == pytest.approx(expected, rel=1e-12)
 
 
+def _is_exact_kind(op) -> bool:
+    """Kinds whose bound is the exact norm: dense, identity, shortcut, 1x1 convolutions."""
+    return not isinstance(op, ops.Conv) or op.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("make", OPERATORS)
+def test_sqnorm_bound_is_an_upper_bound(make, scaled):
+    """``sqnorm_bound(scale) >= ||diag(scale) A||_2^2`` (numpy SVD of the reference
+    matrix, rows scaled per output channel); equal for the exact kinds; for
+    convolutions within a factor 3 on this table (worst: 2.63, a 2x2 map under a 5x5
+    kernel; CIFAR-sized maps are within a few percent, docs/solvers.md)."""
+    op = make()
+    matrix = _reference(op)
+    scale = None
+    if scaled:
+        g = torch.Generator().manual_seed(5)
+        scale = torch.rand(op.out_shape[0], generator=g, dtype=torch.float64) * 2 + 0.1
+        per_row = np.repeat(scale.numpy(), op.out_size // op.out_shape[0])
+        matrix = matrix * per_row[:, None]
+    expected = np.linalg.norm(matrix, 2) ** 2
+    bound = op.sqnorm_bound(scale)
+    assert bound.dtype == torch.float64 and bound.dim() == 0
+    assert float(bound) >= expected
+    if _is_exact_kind(op):
+        assert float(bound) == pytest.approx(expected, rel=1e-9)
+    else:
+        assert float(bound) <= 3 * expected
+
+
+def test_sqnorm_bound_is_detached():
+    weight = _weight((3, 2, 3, 3)).requires_grad_()
+    scale = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    op = ops.Conv(weight, (2, 5, 5), padding=1)
+    assert not op.sqnorm_bound(scale).requires_grad
+    assert not ops.Dense(_weight((3, 4)).requires_grad_(), (4,)).sqnorm_bound().requires_grad
+
+
 @pytest.mark.parametrize("make", OPERATORS[::2])
 def test_sqnorm_power_iteration_is_a_close_lower_bound(make):
     op = make()
@@ -320,3 +358,30 @@ def test_calling_an_operator_applies_forward():
         op = make()
         x = torch.randn((2, *op.in_shape), dtype=torch.float64)
         torch.testing.assert_close(op(x), op.forward(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", OPERATORS[::3])
+def test_scaled_operator_is_the_row_scaled_matrix(make):
+    """``Scaled(A, s)`` is ``diag(s) A`` (per output channel): dense, sparse, dot test."""
+    op = make()
+    g = torch.Generator().manual_seed(2)
+    scale = torch.rand(op.out_shape[0], generator=g, dtype=torch.float64) + 0.5
+    scaled = ops.Scaled(op, scale)
+    per_row = np.repeat(scale.numpy(), op.out_size // op.out_shape[0])
+    want = per_row[:, None] * _reference(op)
+    np.testing.assert_allclose(scaled.todense().double().numpy(), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(scaled.tosparse().toarray(), want, rtol=1e-13, atol=1e-13)
+    assert scaled.dottest() < 1e-12
+    assert float(scaled.sqnorm_bound()) >= np.linalg.norm(want, 2) ** 2
+    with pytest.raises(ValueError, match="shape"):
+        ops.Scaled(op, torch.ones(op.out_shape[0] + 1))
+
+
+def test_conv_bound_of_an_operator_that_reads_only_padding_is_zero():
+    """Stride 2 with padding 1 on a 1x1 map: every output reads a zero, A = 0."""
+    from deepframe.ops import Conv, conv_sqnorm_bound
+
+    w = torch.randn(2, 3, 1, 1, dtype=torch.float64)
+    op = Conv(w, (3, 1, 1), stride=2, padding=1)
+    assert float(op.todense().abs().max()) == 0.0
+    assert float(conv_sqnorm_bound(w, (1, 1), stride=2, padding=1)) == 0.0

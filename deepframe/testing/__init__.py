@@ -8,7 +8,8 @@
   hypothesis): :func:`architectures`, :func:`malformed_architectures`,
   :func:`dictionaries`.
 * Assertions: :func:`assert_dottest`, :func:`assert_matches_dense`,
-  :func:`assert_matches_reference`, :func:`assert_shapes_match_torch`.
+  :func:`assert_matches_reference`, :func:`assert_shapes_match_torch`,
+  :func:`assert_no_host_sync`.
 * Slow references: :func:`reference_dictionary` and the per-operator
   matrices (:func:`conv_matrix`, ...), written without deepframe's operators.
 
@@ -21,6 +22,7 @@ from .assertions import (
     assert_dottest,
     assert_matches_dense,
     assert_matches_reference,
+    assert_no_host_sync,
     assert_shapes_match_torch,
     torch_forward,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "assert_dottest",
     "assert_matches_dense",
     "assert_matches_reference",
+    "assert_no_host_sync",
     "assert_shapes_match_torch",
     "conv_matrix",
     "dense_matrix",

@@ -7,12 +7,16 @@ reads well inside pytest and hypothesis tests:
 * :func:`assert_matches_dense` -- ``A u`` equals ``A.todense() @ u``;
 * :func:`assert_matches_reference` -- ``D.todense()`` and ``D.tosparse()`` equal
   the independent :func:`deepframe.testing.reference.reference_dictionary`;
-* :func:`assert_shapes_match_torch` -- inferred shapes are what torch computes.
+* :func:`assert_shapes_match_torch` -- inferred shapes are what torch computes;
+* :func:`assert_no_host_sync` -- a block (forward and backward) dispatches no
+  operation that makes the host wait for the device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "assert_no_host_sync",
     "assert_dottest",
     "assert_matches_dense",
     "assert_matches_reference",
@@ -264,3 +269,87 @@ def assert_shapes_match_torch(g: nx.DiGraph) -> None:
                 f"edge {k!r} -> {j!r}: in_shape {tuple(ea['in_shape'])}, the "
                 f"source has shape {actual[k]}"
             )
+
+
+# Operators whose result the host needs before it can go on: a tensor turned into a
+# Python number (``.item()``, ``float()``, ``int()``, ``bool()``, ``if tensor``), and
+# outputs whose shape depends on the data.
+_SYNC_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.is_nonzero",
+        "aten.equal",
+        "aten.nonzero",
+        "aten.masked_select",
+        "aten.unique_consecutive",
+        "aten._unique",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.repeat_interleave",
+    }
+)
+
+
+def _sync_reason(func, args, kwargs) -> str | None:
+    """Why dispatching ``func(*args, **kwargs)`` would synchronise, or ``None``."""
+    name = func.overloadpacket._qualified_op_name.replace("::", ".")
+    if name in _SYNC_OPS:
+        return name
+    flat = list(args) + list((kwargs or {}).values())
+    tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+    for a in flat:
+        if isinstance(a, (list, tuple)):
+            tensors += [t for t in a if isinstance(t, torch.Tensor)]
+    if name in ("aten.index", "aten.index_put", "aten.index_put_"):
+        if any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:]):
+            return f"{name} with a boolean mask (data-dependent shape)"
+    if name in ("aten._to_copy", "aten.copy_", "aten.to"):
+        devices = {t.device.type for t in tensors}
+        target = (kwargs or {}).get("device")
+        if target is not None:
+            devices.add(torch.device(target).type)
+        if "cpu" in devices and len(devices) > 1:
+            return f"{name} between the device and the host"
+    return None
+
+
+@contextmanager
+def assert_no_host_sync() -> Iterator[list]:
+    """Assert that the block (forward and backward) never makes the host wait.
+
+    Every operator dispatched inside the block, including the ones the autograd
+    engine runs for ``backward()``, is checked; on exit an ``AssertionError``
+    lists those that would synchronise a GPU with the host: conversions of a
+    tensor to a Python number (``.item()``, ``float(t)``, ``bool(t)``,
+    ``if t:``), operators whose output shape depends on the data (``nonzero``,
+    boolean-mask indexing, ``unique``, ...), and copies between the device and
+    the host. This works on CPU tensors too, so CPU-only test runs check the
+    property a GPU run relies on.
+
+    What it cannot see: reads that bypass the dispatcher on CPU tensors
+    (``t.numpy()``, ``t.tolist()``; on a GPU they need a device-to-host copy,
+    which it does see). On a CUDA device, ``torch.cuda.set_sync_debug_mode``
+    is the authoritative check; deepframe's CUDA tests run both.
+
+    Yields
+    ------
+    list of str
+        The offending operators found so far (empty on success).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found: list[str] = []
+
+    class _Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            reason = _sync_reason(func, args, kwargs)
+            if reason is not None:
+                found.append(reason)
+            return func(*args, **(kwargs or {}))
+
+    with _Watch():
+        yield found
+    if found:
+        counts = {r: found.count(r) for r in dict.fromkeys(found)}
+        listing = ", ".join(f"{r} (x{n})" for r, n in counts.items())
+        raise AssertionError(f"host synchronisation inside the block: {listing}")

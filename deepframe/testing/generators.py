@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 OPS = EDGE_OPS
-"""Edge and node operator kinds (SPEC §2)."""
+"""Edge and node operator kinds (docs/concepts.md)."""
 MERGES = GRAPH_MERGES
 """``"edge"``: edge-centric nodes (the default); ``"input"``: node-centric (Eq. 16)."""
 INPUTS = ("conv", "dense")

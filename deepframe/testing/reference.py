@@ -4,7 +4,7 @@ Nothing here calls :mod:`deepframe.ops` or :mod:`deepframe.dictionary`: every
 block is written out entry by entry from the weights and the graph's
 attributes (a conv block by explicit loops over output pixels and kernel taps),
 and the global dictionary is assembled from those blocks with
-``scipy.sparse.bmat`` following SPEC §3:
+``scipy.sparse.bmat`` following docs/concepts.md:
 
 * column blocks: activation nodes in
   ``networkx.lexicographical_topological_sort(g, key=str)`` order;

@@ -1,0 +1,395 @@
+"""The reproduction end to end: train (sharded, parallel, resumable), merge, measure, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .profiles import PROFILES, Profile, model_specs, select_shard
+from .runner import measure_model, read_json, run_model, select_architecture, write_json
+
+__all__ = ["reproduce", "merge", "parse_shard", "collect"]
+
+#: Files of a model folder that a merge copies (not the training state).
+_EXPORTED = ("result.json", "log.jsonl", "model.pt")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1-based) as ``(i, n)``; None stays None."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 1/3), got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text}: need 1 <= i <= n")
+    return i, n
+
+
+def _profile(profile: str | Profile) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    return PROFILES[profile]
+
+
+def _environment(threads: int, jobs: int) -> dict:
+    import numpy
+
+    from .. import __version__
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {
+        "deepframe": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "device": device,
+        "jobs": jobs,
+        "threads_per_job": threads,
+    }
+
+
+def _worker(spec, profile, out_dir, data_dir, threads, progress):
+    torch.set_num_threads(threads)
+    result, fresh = run_model(spec, profile, out_dir, data_dir, progress=progress)
+    return spec.name, result, fresh
+
+
+def _train_all(specs, prof, out, data_dir, jobs, progress) -> tuple[dict, int]:
+    """Run every spec (``jobs`` processes at once); ``({name: result}, trained_now)``."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    trained = 0
+    bar = tqdm(total=len(specs), desc="models", unit="model", disable=not progress)
+
+    def done(name, result, fresh):
+        nonlocal trained
+        results[name] = result
+        trained += fresh
+        bar.update(1)
+        if progress:
+            bar.write(
+                f"{name:>22}: clean {result['clean_acc']:.3f}  FGSM {result['fgsm_acc']:.3f}  "
+                f"PGD {result['pgd_acc']:.3f}  ({'trained' if fresh else 'reused'})"
+            )
+
+    if jobs <= 1:
+        old = torch.get_num_threads()
+        try:
+            for spec in specs:
+                bar.set_postfix_str(spec.name)
+                done(*_worker(spec, prof, out, data_dir, prof.threads, False))
+        finally:
+            torch.set_num_threads(old)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(_worker, s, prof, out, data_dir, prof.threads, False) for s in specs
+            ]
+            for future in as_completed(futures):
+                done(*future.result())
+    bar.close()
+    return results, trained
+
+
+def reproduce(
+    out_dir: str | Path,
+    *,
+    profile: str | Profile = "quick",
+    data_dir: str | Path | None = None,
+    seeds: tuple[int, ...] | None = None,
+    shard: tuple[int, int] | str | None = None,
+    only: str | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    report: bool = True,
+) -> dict:
+    """Train, attack and measure the models of a profile, then write figures and report.
+
+    Every model is trained with :func:`deepframe.train.train` and attacked
+    with FGSM and PGD (see :func:`deepframe.experiments.runner.run_model`);
+    a model whose ``result.json`` records the same configuration is reused,
+    an interrupted one resumes from its checkpoint. With ``shard=(i, n)``
+    only that shard's models are trained (``report`` is then off unless the
+    shard holds every model); join shards with :func:`merge`.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Run folder (created; resumable).
+    profile : str or Profile
+        ``"quick"`` (digits, CPU minutes), ``"cifar-small"`` (CIFAR-10 subset,
+        CPU hours), ``"full"`` (paper scale, GPU), ``"test"`` (smoke test).
+    data_dir : str or Path, optional
+        CIFAR-10 folder for the CIFAR profiles.
+    seeds : tuple of int, optional
+        Override the profile's seeds.
+    shard : (i, n) or "i/n", optional
+        Train only shard i of n (1-based).
+    only : str, optional
+        Comma-separated shell patterns of model names to train (e.g.
+        ``"ff-*,adv-*"``); implies no report.
+    jobs : int
+        Models trained at once, each in its own process with
+        ``profile.threads`` threads.
+    progress : bool
+        Progress bars and one line per model.
+    report : bool
+        Measure and write the figures, ``results.json`` and ``report.md``
+        (when every model of the profile is present).
+
+    Returns
+    -------
+    dict
+        ``{"trained_now": int, "models": {name: result}, "results": ... or None}``.
+    """
+    prof = _profile(profile)
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if prof.dataset == "cifar10" and data_dir is None:
+        raise ValueError(
+            f"profile {prof.name!r} trains on CIFAR-10: pass data_dir (--data-dir), a "
+            "cifar-10-batches-py folder (python shared/tools/cifar10_batches.py DEST writes one)"
+        )
+    out = Path(out_dir)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    all_specs = model_specs(prof, seeds)
+    specs = select_shard(all_specs, shard)
+    if only:
+        patterns = [p.strip() for p in only.split(",") if p.strip()]
+        specs = [s for s in specs if any(fnmatch.fnmatch(s.name, p) for p in patterns)]
+    results, trained = _train_all(specs, prof, out, data_dir, jobs, progress)
+    wall = time.perf_counter() - started
+    _log_wall(out, wall, trained, jobs, prof)
+    summary = None
+    if report and len(specs) == len(all_specs):
+        summary = collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
+    return {"trained_now": trained, "models": results, "results": summary}
+
+
+def _log_wall(out: Path, wall: float, trained: int, jobs: int, prof: Profile) -> None:
+    """Append this call's wall time to ``runs.json`` (the report sums them)."""
+    log = read_json(out / "runs.json") or []
+    log.append(
+        {
+            "wall_seconds": wall,
+            "trained_now": trained,
+            "jobs": jobs,
+            "threads_per_job": prof.threads,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": _environment(prof.threads, jobs),
+        }
+    )
+    write_json(out / "runs.json", log)
+
+
+def merge(
+    dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    profile: str | Profile = "quick",
+    data_dir: str | Path | None = None,
+    seeds: tuple[int, ...] | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Join the model folders of several (sharded) runs into ``out_dir`` and report.
+
+    Copies each model's ``result.json``, ``log.jsonl`` and weights-only
+    ``model.pt`` (not the training state) from every folder in ``dirs``;
+    a model found twice must have the same configuration. The per-call wall
+    times of every part are kept. Then :func:`collect` measures and reports.
+    """
+    prof = _profile(profile)
+    out = Path(out_dir)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    wall_log = list(read_json(out / "runs.json") or [])
+    seen: dict[str, str] = {}
+    for d in dirs:
+        d = Path(d)
+        if not (d / "models").is_dir():
+            raise FileNotFoundError(f"merge: {d} is not a reproduction folder (no models/)")
+        if d.resolve() == out.resolve():
+            continue
+        for folder in sorted((d / "models").iterdir()):
+            result = read_json(folder / "result.json")
+            if not isinstance(result, dict) or not (folder / "model.pt").is_file():
+                continue  # unfinished here
+            name = folder.name
+            if name in seen and seen[name] != result["config_hash"]:
+                raise ValueError(f"merge: model {name} differs between the folders")
+            seen[name] = result["config_hash"]
+            target = out / "models" / name
+            target.mkdir(parents=True, exist_ok=True)
+            for file in _EXPORTED:
+                if (folder / file).is_file():
+                    shutil.copyfile(folder / file, target / file)
+        wall_log += list(read_json(d / "runs.json") or [])
+    write_json(out / "runs.json", wall_log)
+    return collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
+
+
+def collect(
+    out_dir: str | Path,
+    profile: str | Profile,
+    *,
+    data_dir: str | Path | None = None,
+    seeds: tuple[int, ...] | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Measure every finished model, then write ``results.json``, the figures and the report.
+
+    Raises ``ValueError`` naming the missing models when the folder does not
+    hold every model of the profile.
+    """
+    from tqdm.auto import tqdm
+
+    from . import claims, figures, report
+    from .runner import MEASURE_VERSION
+
+    prof = _profile(profile)
+    out = Path(out_dir)
+    started = time.perf_counter()
+    specs = model_specs(prof, seeds)
+    missing = [
+        s.name
+        for s in specs
+        if not isinstance(read_json(out / "models" / s.name / "result.json"), dict)
+        or not (out / "models" / s.name / "model.pt").is_file()
+    ]
+    if missing:
+        raise ValueError(
+            f"{out} lacks {len(missing)} of the profile's {len(specs)} models "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): run them "
+            "(or merge the shards that hold them) first"
+        )
+    records = []
+    for spec in tqdm(specs, desc="measuring", unit="model", disable=not progress):
+        result = read_json(out / "models" / spec.name / "result.json")
+        measured = measure_model(spec.name, prof, out, data_dir)
+        records.append(_record(spec, prof, result, measured))
+    selection = []
+    ff_bases = sorted({s.base: s for s in specs if s.family == "ff"}.values(), key=lambda s: s.base)
+    for spec, chosen in zip(ff_bases, _select_all(ff_bases, prof, out, jobs, progress)):
+        errors = [1 - r["clean_acc"] for r in records if r["base"] == spec.base]
+        selection.append(
+            {
+                "arch": spec.base,
+                "family": spec.arch,
+                "depth": spec.depth,
+                "atoms": chosen["atoms"],
+                "min_dfp": chosen["min_dfp"],
+                "initial_dfp": chosen["initial_dfp"],
+                "steps": chosen["steps"],
+                "val_error": math.fsum(errors) / len(errors),
+                "val_error_per_seed": errors,
+            }
+        )
+    runs = read_json(out / "runs.json") or []
+    summary = {
+        "profile": dataclasses.asdict(prof),
+        "seeds": sorted({r["seed"] for r in records}),
+        "models": records,
+        "selection": selection,
+        "claims": claims.claims_table(records, selection, prof),
+        "measure_version": MEASURE_VERSION,
+        "environment": _environment(prof.threads, max([r.get("jobs", 1) for r in runs] or [1])),
+        "runs": runs,
+        "wall_seconds": math.fsum(r["wall_seconds"] for r in runs),
+        "train_seconds": math.fsum(r["train_seconds"] for r in records),
+    }
+    summary["figures"] = figures.all_figures(summary, out)
+    summary["collect_seconds"] = time.perf_counter() - started
+    write_json(out / "results.json", summary)
+    report.write_report(summary, out)
+    return summary
+
+
+def _select_all(specs, prof: Profile, out: Path, jobs: int, progress: bool) -> list[dict]:
+    """:func:`select_architecture` of every spec, ``jobs`` processes at once, in order."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(specs), desc="model selection", unit="arch", disable=not progress)
+    if jobs <= 1:
+        chosen = []
+        for spec in specs:
+            chosen.append(select_architecture(spec, prof, out))
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_select_worker, s, prof, out) for s in specs]
+            for future in futures:
+                future.add_done_callback(lambda _: bar.update(1))
+            chosen = [f.result() for f in futures]
+    bar.close()
+    return chosen
+
+
+def _select_worker(spec, prof: Profile, out: Path) -> dict:
+    torch.set_num_threads(prof.threads)
+    return select_architecture(spec, prof, out)
+
+
+def _record(spec, prof: Profile, result: dict, measured: dict) -> dict:
+    """One entry of ``results.json``'s ``"models"``."""
+    geometry = measured["geometry"]
+    return {
+        "name": spec.name,
+        "base": spec.base,
+        "family": spec.family,
+        "arch": spec.arch,
+        "method": spec.method,
+        "skips": spec.skips,
+        "depth": spec.depth,
+        "iterations": spec.iterations,
+        "paper_iterations": spec.iterations + 1,
+        "seed": spec.seed,
+        "adversarial_training": spec.adversarial,
+        "train_images": result["train_images"],
+        "eval_images": result["eval_images"],
+        "epochs": len(result["curve"]),
+        "eps": result["config"]["fgsm_eps"],
+        "pgd": result["pgd"],
+        "train_acc": result["train_acc"],
+        "clean_acc": result["clean_acc"],
+        "fgsm_acc": result["fgsm_acc"],
+        "pgd_acc": result["pgd_acc"],
+        "checkpoint": f"models/{spec.name}/model.pt",
+        "parameters": result["parameters"],
+        "mutual_coherence": geometry["mutual_coherence"],
+        "deep_frame_potential": geometry["deep_frame_potential"],
+        "frame_potential": geometry["frame_potential"],
+        "dictionary_shape": geometry["shape"],
+        "trace": measured["trace"],
+        "curve": result["curve"],
+        "train_seconds": result["train_seconds"],
+        "attack_seconds": result["attack_seconds"],
+    }

@@ -1,0 +1,163 @@
+"""Intervals for the claims table: 95% intervals of accuracies, differences and rank correlations.
+
+Conventions (written in every report):
+
+- One seed: an accuracy measured on ``n`` images is a binomial proportion;
+  its interval is Wilson's. A linear combination ``sum_i c_i p_i`` of
+  accuracies of different models (a difference, a difference of gains) gets
+  the normal interval with variance ``sum_i c_i^2 p_i (1 - p_i) / n_i``
+  (models treated as independent; on the same images this is conservative
+  when their errors are positively correlated).
+- Several seeds: the combination is computed per seed and the interval is
+  Student's t over seeds (mean +- t_{0.975, s-1} sd / sqrt(s)), but never
+  narrower than the binomial interval of the seed mean: with few seeds the
+  sample sd can be near zero by chance (two seeds that happen to agree).
+- Spearman's rank correlation: Fisher's z with the Bonett-Wright variance
+  ``(1 + r^2 / 2) / (n - 3)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "Interval",
+    "wilson",
+    "combination",
+    "mean_interval",
+    "spearman",
+    "verdict",
+]
+
+Z95 = 1.959963984540054
+
+
+class Interval(tuple):
+    """``(value, low, high)`` of a 95% interval; ``low``/``high`` None when there is none."""
+
+    def __new__(cls, value: float, low: float | None, high: float | None, method: str = ""):
+        self = super().__new__(cls, (float(value), low, high))
+        self.method = method
+        return self
+
+    @property
+    def value(self) -> float:
+        return self[0]
+
+    @property
+    def low(self) -> float | None:
+        return self[1]
+
+    @property
+    def high(self) -> float | None:
+        return self[2]
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "low": self.low, "high": self.high, "method": self.method}
+
+    def __str__(self) -> str:
+        if self.low is None:
+            return f"{self.value:+.3f} (no interval)"
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def wilson(p: float, n: int) -> Interval:
+    """Wilson's 95% interval of a proportion ``p`` measured on ``n`` trials."""
+    if n <= 0:
+        return Interval(p, None, None, "no trials")
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return Interval(p, centre - half, centre + half, "Wilson")
+
+
+def _t_quantile(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+    """Mean and Student's t 95% interval over repeated runs (None with one run)."""
+    values = [float(v) for v in values]
+    s = len(values)
+    mean = math.fsum(values) / s
+    if s < 2:
+        return Interval(mean, None, None, "one run")
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (s - 1))
+    half = _t_quantile(s - 1) * sd / math.sqrt(s)
+    return Interval(mean, mean - half, mean + half, f"t over {s} seeds")
+
+
+def combination(terms: Sequence[tuple[float, Sequence[float], int]]) -> Interval:
+    """Interval of ``sum_i c_i p_i`` for accuracies ``p_i`` given per seed.
+
+    Parameters
+    ----------
+    terms : sequence of ``(c_i, [p_i per seed], n_i)``
+        Coefficient, the accuracy of each seed (the same seeds, in the same
+        order, for every term) and the number of images it was measured on.
+    """
+    seeds = {len(p) for _, p, _ in terms}
+    if len(seeds) != 1:
+        raise ValueError(f"every term needs the same seeds, got counts {sorted(seeds)}")
+    (count,) = seeds
+    # binomial variance of the seed mean of the combination
+    variance = math.fsum(
+        c * c * p[s] * (1 - p[s]) / n for c, p, n in terms for s in range(count)
+    ) / (count * count)
+    binomial_half = Z95 * math.sqrt(variance)
+    if count >= 2:
+        per_seed = [math.fsum(c * p[s] for c, p, _ in terms) for s in range(count)]
+        t = mean_interval(per_seed)
+        half = max(t.value - t.low, binomial_half)
+        return Interval(t.value, t.value - half, t.value + half, f"t over {count} seeds")
+    value = math.fsum(c * p[0] for c, p, _ in terms)
+    return Interval(value, value - binomial_half, value + binomial_half, "binomial (one seed)")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Interval:
+    """Spearman's rank correlation with a Fisher-z (Bonett-Wright) 95% interval."""
+    from scipy.stats import spearmanr
+
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"x and y differ in length: {n} vs {len(y)}")
+    if n < 4:
+        return Interval(float("nan"), None, None, f"n = {n} < 4")
+    r = float(spearmanr(x, y).statistic)
+    if not math.isfinite(r):
+        return Interval(r, None, None, "constant data")
+    r_clip = max(min(r, 1 - 1e-12), -1 + 1e-12)
+    z = math.atanh(r_clip)
+    half = Z95 * math.sqrt((1 + r_clip * r_clip / 2) / (n - 3))
+    low, high = math.tanh(z - half), math.tanh(z + half)
+    return Interval(r, min(low, r), max(high, r), f"Fisher z, n = {n}")
+
+
+def verdict(intervals: Sequence[Interval], *, sign_only_ok: bool = False) -> str:
+    """``"supported"``, ``"contradicted"`` or ``"inconclusive"`` for parts that should be > 0.
+
+    Supported when every part's interval lies above 0; contradicted when some
+    part's interval lies below 0; otherwise inconclusive. Parts without an
+    interval count by their sign only when ``sign_only_ok`` (deterministic
+    quantities of a single run); else they make the verdict inconclusive.
+    """
+    above, below = [], []
+    for iv in intervals:
+        if iv.low is None:
+            if not sign_only_ok or not math.isfinite(iv.value):
+                above.append(False)
+                below.append(False)
+                continue
+            above.append(iv.value > 0)
+            below.append(iv.value < 0)
+        else:
+            above.append(iv.low > 0)
+            below.append(iv.high < 0)
+    if intervals and all(above):
+        return "supported"
+    if any(below):
+        return "contradicted"
+    return "inconclusive"

@@ -1,0 +1,98 @@
+"""The hand-written networks of analysis/bench.py compute what deepframe computes.
+
+The benchmark's ratios mean something only if its floor (a minimal hand-written
+pursuit) and its plain network do the same arithmetic as the compiled solver:
+checked here in float64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import deepframe as df
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench", os.path.join(ROOT, "analysis", "bench.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("skips", [True, False])
+@pytest.mark.parametrize("method", ["feedforward", "deep", "layered"])
+def test_floor_and_plain_networks_equal_the_compiled_solver(bench, method, skips):
+    g = df.resnet((3, 12, 12), 1, widths=(4, 6, 8), bias=0.05, skips=skips)
+    iterations = 0 if method == "feedforward" else 3
+    net = df.compile(g, method=method, iterations=iterations, dtype=torch.float64).eval()
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        want = net(x)
+        torch.testing.assert_close(bench.Floor(net)(x), want, rtol=1e-10, atol=1e-12)
+        if method == "feedforward":
+            torch.testing.assert_close(bench.PlainNet(net)(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_floor_refuses_what_it_does_not_implement(bench):
+    g = df.resnet((3, 8, 8), 1, widths=(4, 6), batchnorm=True)
+    with pytest.raises(ValueError, match="batch norm"):
+        bench.Floor(df.compile(g, method="deep", iterations=2))
+    with pytest.raises(ValueError, match="alpha"):
+        bench.Floor(df.compile(df.resnet((3, 8, 8), 1), method="deep", iterations=2, alpha=0.5))
+
+
+def test_targets_are_read_from_the_rows(bench):
+    rows = [
+        {
+            "section": "solvers",
+            "graph": "g",
+            "batch": 8,
+            "method": "DP",
+            "T": 5,
+            "x_floor": 1.01,
+            "x_plain": 11.0,
+        },
+        {
+            "section": "solvers",
+            "graph": "g",
+            "batch": 8,
+            "method": "DP",
+            "T": 0,
+            "x_floor": 1.0,
+            "x_plain": 1.03,
+        },
+        {
+            "section": "memory",
+            "graph": "g",
+            "batch": 8,
+            "T": 10,
+            "checkpoint_sweeps": 0,
+            "peak_rss_mib": 600.0,
+            "peak_tensors_mib": 580.0,
+            "x_stored_time": 1.0,
+        },
+        {
+            "section": "memory",
+            "graph": "g",
+            "batch": 8,
+            "T": 10,
+            "checkpoint_sweeps": 2,
+            "peak_rss_mib": 300.0,
+            "peak_tensors_mib": 190.0,
+            "x_stored_time": 1.3,
+        },
+    ]
+    found = bench.targets(rows)
+    # floor 1.01 <= 1.05; T = 0 at 1.03 > 1.02; tensors 580/190 = 3.05x at 1.3x time;
+    # RSS 600/300 = 2x
+    assert [t["met"] for t in found] == [True, False, True, False]
+    assert "live tensors" in found[2]["target"] and "RSS" in found[3]["target"]
