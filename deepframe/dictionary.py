@@ -77,6 +77,7 @@ __all__ = [
 #: ``batchnorm=True``, the batch norm's scale ``gamma``, running mean, running
 #: variance and ``eps``.
 NODE_TENSORS = ("lambda", "bn_scale", "bn_mean", "bn_var", "bn_eps")
+_BN_EPS = 1e-5  # a weights mapping's batch norm without "bn_eps:j": the solvers' eps
 #: Keys of the classifier head (global average pooling + linear) in a weights mapping.
 HEAD_KEYS = ("head.weight", "head.bias")
 
@@ -1046,8 +1047,10 @@ def dictionary(
         per-node ``"lambda:j"`` (the sparsity weights, default from the nodes'
         ``bias``) and the other entries :func:`split_weights` describes (the
         mapping :func:`deepframe.from_torch` returns). Batch-norm statistics of
-        ``batchnorm=True`` nodes are not folded here: this is the dictionary of
-        the edges' weights.
+        a ``batchnorm=True`` node are folded as in eval mode: the column scales
+        ``s_j = gamma_j / sqrt(var_j + eps_j)`` of its synthesis blocks and
+        ``lambda_j + s_j mean_j`` (not clipped: minus the eval-mode network's
+        bias), the dictionary of the network as it runs in eval mode.
     dtype, device :
         Of the random weights.
     memory_budget : int or str, optional
@@ -1067,15 +1070,21 @@ def dictionary(
         )
         return GlobalDictionary(g, weights, dtype=dtype, device=device)
     edges, nodes, _ = split_weights(g, weights)
-    lambdas = None
-    if nodes["lambda"]:
-        sample = next(iter(nodes["lambda"].values()))
+    lambdas, scales = None, {}
+    if nodes["lambda"] or nodes["bn_scale"]:
+        sample = next(iter({**nodes["lambda"], **nodes["bn_scale"]}.values()))
         lambdas = node_lambdas(g, dtype=sample.dtype, device=sample.device)
         lambdas.update(nodes["lambda"])
+    for j, gamma in nodes["bn_scale"].items():  # batch norm in eval mode, folded
+        eps = nodes["bn_eps"].get(j)
+        eps = _BN_EPS if eps is None else float(eps)
+        scales[j] = gamma / torch.sqrt(nodes["bn_var"][j] + eps)
+        lambdas[j] = lambdas[j] + scales[j] * nodes["bn_mean"][j]
     return GlobalDictionary(
         g,
         edges,
         lambdas,
+        column_scales=scales or None,
         dtype=dtype if not edges else None,
         device=device if not edges else None,
     )

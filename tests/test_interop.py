@@ -437,6 +437,27 @@ def test_batchnorm_after_addition_modes():
     assert float(w[f"bn_eps:{j}"]) == 1e-3
 
 
+@pytest.mark.parametrize(
+    "make",
+    [lambda: PostAddBatchNormNet(eps=1e-3), lambda: ResNet(1, "B", widths=(4, 8, 8))],
+    ids=["BN after the addition", "ResNet-8 B"],
+)
+def test_batchnorm_modes_give_one_dictionary(make):
+    """Folded weights (fold) and node batch norms (node) describe one network:
+    df.dictionary folds the node statistics, so both give the same D and lambdas."""
+    model = randomise(make(), seed=12)
+    x = images((3, 8, 8), 2)
+    g_fold, w_fold = df.from_torch(model, x, batchnorm="fold")
+    g_node, w_node = df.from_torch(model, x, batchnorm="node")
+    folded = df.dictionary(g_fold, weights=w_fold)
+    node = df.dictionary(g_node, weights=w_node)
+    assert node.column_scales and not folded.column_scales
+    assert node.nodes == folded.nodes
+    torch.testing.assert_close(node.todense(), folded.todense(), rtol=0, atol=1e-13)
+    for j in node.nodes:
+        torch.testing.assert_close(node.lambdas[j], folded.lambdas[j], rtol=0, atol=1e-13)
+
+
 def test_uneven_padding_is_a_shortcut_edge():
     for front, pad_before in ((False, 0), (True, 6)):
         g, _ = df.from_torch(UnevenShortcutNet(front).eval(), images((3, 8, 8), 2))
