@@ -49,6 +49,7 @@ _EXPORTS = {
     "pgd": "attacks",
     "load_model": "train",
     "train": "train",
+    "from_torch": "interop",
 }
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "pgd",
     "load_model",
     "train",
+    "from_torch",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
@@ -135,5 +137,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         welch_bound,
     )
     from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
+    from .interop import from_torch
     from .pursuit import PursuitNet, Trace, compile
     from .train import load_model, train

@@ -120,7 +120,7 @@ def _beta(text: str) -> float | str:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    parts = text.lower().split("x")
+    parts = text.lower().replace(",", "x").split("x")
     if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 3):
         raise argparse.ArgumentTypeError(
             f"expected C x H x W (e.g. 3x32x32) or a vector size d, got {text!r}"
@@ -283,6 +283,14 @@ def _graph(spec: str, input_shape: tuple[int, ...] | None = None):
     return g
 
 
+def _torch_model(args):
+    """``--from-torch module:factory --weights FILE --input-shape C,H,W``: the user's
+    trained PyTorch model as ``(graph, weights)`` (see :mod:`deepframe.interop`)."""
+    from .interop import from_torch_args
+
+    return from_torch_args(args.arch, args.from_torch, args.weights, args.input_shape)
+
+
 def _write_json(path: Path, data) -> None:
     from ._io import atomic_write
 
@@ -370,7 +378,7 @@ def describe(args) -> int:
                 f"--out {out}: cannot tell the format from the suffix {out.suffix!r}: use .json, "
                 ".graphml or .dot, or pass --format"
             )
-        _check_output_file(out, "--out", inputs=[args.arch], force=args.force)
+        _check_output_file(out, "--out", inputs=[args.arch] if args.arch else [], force=args.force)
     elif fmt:
         raise CommandError("--format needs --out (the file to write)")
 
@@ -379,7 +387,10 @@ def describe(args) -> int:
     from .dictionary import GlobalDictionary, parameter_shapes, random_weights
     from .graph import activation_nodes, input_node, output_node
 
-    g = _graph(args.arch, args.input_shape)
+    if args.from_torch or args.weights or args.arch is None:  # a user's own PyTorch model
+        g = _torch_model(args)[0]
+    else:
+        g = _graph(args.arch, args.input_shape)
     D = GlobalDictionary(g, random_weights(g, dtype=torch.float32))  # memory checked first
     _say(args, "device cpu")
     src = input_node(g)
@@ -482,14 +493,25 @@ def format_metrics(report: dict) -> str:
 
 def metrics(args) -> int:
     """Geometry of the global dictionary: Welch bounds, coherence, frame potentials."""
-    if args.arch is None and args.checkpoint is None:
-        raise CommandError("give an architecture, or --checkpoint for a trained model's")
+    if args.arch is None and args.checkpoint is None and not (args.from_torch or args.weights):
+        raise CommandError(
+            "give an architecture, --checkpoint for a trained model's, or --from-torch for "
+            "a PyTorch model's"
+        )
     import torch
 
     from .geometry import metrics_report
 
     device = _device(args)
-    if args.checkpoint:  # the trained weights (and stored architecture), in float64
+    if args.from_torch or args.weights:  # a user's own trained PyTorch model, float64
+        from .dictionary import dictionary
+
+        if args.checkpoint:
+            raise CommandError("--from-torch and --checkpoint name two models: give one")
+        g, weights = _torch_model(args)
+        D = dictionary(g, weights=weights).to(torch.float64, device)
+        _say(args, f"device {device}, weights of {args.from_torch}, float64")
+    elif args.checkpoint:  # the trained weights (and stored architecture), in float64
         from .dictionary import GlobalDictionary
         from .graph import dumps, input_node, validate
         from .train import _graph_differences, load_model
@@ -911,6 +933,22 @@ def build_parser() -> argparse.ArgumentParser:
             "syntax: deepframe describe --help",
         )
 
+    def from_torch(p):
+        p.add_argument(
+            "--from-torch",
+            metavar="MODULE:FACTORY",
+            help="a PyTorch model instead of ARCH: a module (or file.py) and the function "
+            "that builds it, e.g. mymodels:resnet20; needs --input-shape "
+            "(docs/bring-your-own-model.md) (default: none, read ARCH)",
+        )
+        p.add_argument(
+            "--weights",
+            metavar="FILE",
+            help="with --from-torch: its trained weights, a state_dict file (also inside "
+            "'state_dict' or 'model', DataParallel's module. prefix removed) (default: the "
+            "weights the factory builds)",
+        )
+
     def device(p, what):
         p.add_argument(
             "--device",
@@ -920,12 +958,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("describe", "nodes, shapes, edges and the block map of D", describe, ARCH_HELP)
-    arch(p)
+    arch(p, optional=True)
+    from_torch(p)
     p.add_argument(
         "--input-shape",
         type=_shape,
         metavar="CxHxW",
-        help="override the input shape, e.g. 3x32x32 (default: the architecture's own)",
+        help="override the input shape, e.g. 3x32x32 (default: the architecture's own); "
+        "with --from-torch the model's input shape (3,32,32 also accepted)",
     )
     p.add_argument(
         "--out",
@@ -948,11 +988,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("metrics", "Welch bounds, coherence, frame potentials of D", metrics, ARCH_HELP)
     arch(p, optional=True)
+    from_torch(p)
     p.add_argument(
         "--input-shape",
         type=_shape,
         metavar="CxHxW",
-        help="override the input shape, e.g. 3x32x32 (default: the architecture's own)",
+        help="override the input shape, e.g. 3x32x32 (default: the architecture's own); "
+        "with --from-torch the model's input shape (3,32,32 also accepted)",
     )
     p.add_argument(
         "--checkpoint",

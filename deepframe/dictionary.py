@@ -42,7 +42,7 @@ import torch
 
 from . import ops
 from ._io import format_bytes, parse_size
-from .graph import activation_nodes, input_node, validate
+from .graph import activation_nodes, input_node, output_node, validate
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -65,7 +65,21 @@ __all__ = [
     "edge_key",
     "random_weights",
     "node_lambdas",
+    "node_key",
+    "split_weights",
+    "NODE_TENSORS",
+    "HEAD_KEYS",
 ]
+
+#: Per-node tensors a weights mapping may hold besides the edge weights, under
+#: :func:`node_key`: the sparsity weight ``lambda_j`` (minus the bias of the
+#: network the weights come from; any sign) and, for nodes with
+#: ``batchnorm=True``, the batch norm's scale ``gamma``, running mean, running
+#: variance and ``eps``.
+NODE_TENSORS = ("lambda", "bn_scale", "bn_mean", "bn_var", "bn_eps")
+_BN_EPS = 1e-5  # a weights mapping's batch norm without "bn_eps:j": the solvers' eps
+#: Keys of the classifier head (global average pooling + linear) in a weights mapping.
+HEAD_KEYS = ("head.weight", "head.bias")
 
 
 #: Bytes a single call may allocate by default (raise it per call with
@@ -101,6 +115,14 @@ def resolve_memory_budget(memory_budget: int | str | None = None) -> int:
 def edge_key(k, j) -> str:
     """Name of the weight of edge ``k -> j``: ``"k->j"``."""
     return f"{k}->{j}"
+
+
+def node_key(j, what: str) -> str:
+    """Name of a per-node tensor (one of :data:`NODE_TENSORS`) in a weights mapping:
+    ``"what:j"``, e.g. ``"lambda:relu_1"``."""
+    if what not in NODE_TENSORS:
+        raise ValueError(f"node_key: unknown per-node tensor {what!r}; expected {NODE_TENSORS}")
+    return f"{what}:{j}"
 
 
 @dataclass
@@ -220,6 +242,101 @@ def node_lambdas(g: nx.DiGraph, *, dtype=torch.float64, device="cpu") -> dict:
     return out
 
 
+def split_weights(
+    g: nx.DiGraph, weights: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict[str, torch.Tensor]]:
+    """Split a weights mapping into edge weights, per-node tensors and the head.
+
+    A weights mapping (what :func:`deepframe.from_torch` returns, what
+    :func:`dictionary` and :func:`deepframe.compile` accept) holds
+
+    * every key of :func:`parameter_shapes` (``"k->j"``, and ``"j"`` for
+      node-centric operators) with a tensor of that shape;
+    * optionally, per node ``j``, ``"lambda:j"`` (shape ``(C,)``/``(d,)``) and,
+      for ``batchnorm=True`` nodes, ``"bn_scale:j"``, ``"bn_mean:j"``,
+      ``"bn_var:j"`` (each ``(C,)``) and ``"bn_eps:j"`` (a scalar);
+    * optionally the head, ``"head.weight"`` (``(classes, C_out)``) and
+      ``"head.bias"`` (``(classes,)``).
+
+    Parameters
+    ----------
+    g : networkx.DiGraph
+        A validated graph.
+    weights : mapping of str to torch.Tensor
+
+    Returns
+    -------
+    edges : dict
+        ``{key: tensor}`` for the keys of :func:`parameter_shapes`.
+    nodes : dict
+        ``{what: {node: tensor}}`` for ``what`` in :data:`NODE_TENSORS`.
+    head : dict
+        ``{"weight": ..., "bias": ...}`` (empty when the mapping has no head).
+
+    Raises
+    ------
+    ValueError
+        A missing edge weight, a tensor of the wrong shape, an unknown key, a
+        batch-norm tensor for a node without ``batchnorm=True``, an incomplete
+        set of batch-norm tensors or an incomplete head; the message names the key.
+    """
+    expected = parameter_shapes(g)
+    nodes_by_name = {str(j): j for j in activation_nodes(g)}
+    edges: dict[str, torch.Tensor] = {}
+    nodes: dict[str, dict] = {what: {} for what in NODE_TENSORS}
+    head: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"weights[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if key in expected:
+            shape = tuple(expected[key][0])
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"weights[{key!r}] has shape {tuple(value.shape)}, the graph needs {shape}"
+                )
+            edges[key] = value
+            continue
+        if key in HEAD_KEYS:
+            head[key.removeprefix("head.")] = value
+            continue
+        what, sep, name = key.partition(":")
+        if not sep or what not in NODE_TENSORS or name not in nodes_by_name:
+            raise ValueError(
+                f"weights: unknown key {key!r}; expected the edge weights "
+                f"{sorted(expected)[:4]}{'...' if len(expected) > 4 else ''}, "
+                f"'lambda:<node>', 'bn_scale|bn_mean|bn_var|bn_eps:<node>' or {HEAD_KEYS}"
+            )
+        j = nodes_by_name[name]
+        size = g.nodes[j]["shape"][0]
+        shape = () if what == "bn_eps" else (size,)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"weights[{key!r}] has shape {tuple(value.shape)}, expected {shape}")
+        if what.startswith("bn_") and not g.nodes[j].get("batchnorm", False):
+            raise ValueError(f"weights[{key!r}]: node {j!r} has no batchnorm=True")
+        nodes[what][j] = value
+    missing = sorted(set(expected) - set(edges))
+    if missing:
+        raise ValueError(f"weights: missing edge weights {missing}")
+    for j in set().union(*(nodes[w] for w in ("bn_scale", "bn_mean", "bn_var"))):
+        absent = [w for w in ("bn_scale", "bn_mean", "bn_var") if j not in nodes[w]]
+        if absent:
+            raise ValueError(
+                f"weights: node {j!r} has batch-norm tensors but lacks "
+                f"{[node_key(j, w) for w in absent]}"
+            )
+    if head:
+        if set(head) != {"weight", "bias"}:
+            raise ValueError(f"weights: the head needs both {HEAD_KEYS}, got {sorted(head)}")
+        c_out = g.nodes[output_node(g)]["shape"][0]
+        w, b = head["weight"], head["bias"]
+        if w.dim() != 2 or w.shape[1] != c_out or tuple(b.shape) != (w.shape[0],):
+            raise ValueError(
+                f"weights: head.weight {tuple(w.shape)} and head.bias {tuple(b.shape)} do not "
+                f"make a linear head of the output node's {c_out} channels/features"
+            )
+    return edges, nodes, head
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """A weight-independent description of one operator of a term."""
@@ -231,6 +348,7 @@ class OpSpec:
     kernel_size: int = 1
     padding: int = 0
     weight_key: str | None = None
+    pad_before: int | None = None
 
     def build(self, weights: Mapping[str, torch.Tensor]) -> ops.Operator:
         """The operator with its weight taken from ``weights``."""
@@ -238,7 +356,9 @@ class OpSpec:
         if kind == "identity":
             return ops.Identity(self.in_shape)
         if kind == "shortcut":
-            return ops.Shortcut(self.in_shape, self.out_shape[0], stride=self.stride)
+            return ops.Shortcut(
+                self.in_shape, self.out_shape[0], stride=self.stride, pad_before=self.pad_before
+            )
         weight = weights[self.weight_key]
         if kind == "dense":
             return ops.Dense(weight, self.in_shape)
@@ -272,7 +392,13 @@ def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
     if op == "identity":
         return OpSpec("identity", in_shape, out_shape)
     if op == "shortcut":
-        return OpSpec("shortcut", in_shape, out_shape, stride=attrs.get("stride", 1))
+        return OpSpec(
+            "shortcut",
+            in_shape,
+            out_shape,
+            stride=attrs.get("stride", 1),
+            pad_before=attrs.get("pad_before"),
+        )
     if op == "dense" or (op == "project" and len(in_shape) == 1):
         return OpSpec("dense", in_shape, out_shape, weight_key=key)
     if op == "project":
@@ -917,7 +1043,14 @@ def dictionary(
         Seed of the He-style random weights ``N(0, 2 / fan_in)`` (ignored when
         ``weights`` is given).
     weights : mapping, optional
-        ``{key: tensor}`` as :func:`parameter_shapes` lists.
+        ``{key: tensor}`` as :func:`parameter_shapes` lists, optionally with the
+        per-node ``"lambda:j"`` (the sparsity weights, default from the nodes'
+        ``bias``) and the other entries :func:`split_weights` describes (the
+        mapping :func:`deepframe.from_torch` returns). Batch-norm statistics of
+        a ``batchnorm=True`` node are folded as in eval mode: the column scales
+        ``s_j = gamma_j / sqrt(var_j + eps_j)`` of its synthesis blocks and
+        ``lambda_j + s_j mean_j`` (not clipped: minus the eval-mode network's
+        bias), the dictionary of the network as it runs in eval mode.
     dtype, device :
         Of the random weights.
     memory_budget : int or str, optional
@@ -935,6 +1068,23 @@ def dictionary(
         weights = random_weights(
             g, seed=seed, dtype=dtype, device=device, memory_budget=memory_budget
         )
+        return GlobalDictionary(g, weights, dtype=dtype, device=device)
+    edges, nodes, _ = split_weights(g, weights)
+    lambdas, scales = None, {}
+    if nodes["lambda"] or nodes["bn_scale"]:
+        sample = next(iter({**nodes["lambda"], **nodes["bn_scale"]}.values()))
+        lambdas = node_lambdas(g, dtype=sample.dtype, device=sample.device)
+        lambdas.update(nodes["lambda"])
+    for j, gamma in nodes["bn_scale"].items():  # batch norm in eval mode, folded
+        eps = nodes["bn_eps"].get(j)
+        eps = _BN_EPS if eps is None else float(eps)
+        scales[j] = gamma / torch.sqrt(nodes["bn_var"][j] + eps)
+        lambdas[j] = lambdas[j] + scales[j] * nodes["bn_mean"][j]
     return GlobalDictionary(
-        g, weights, dtype=dtype if not weights else None, device=device if not weights else None
+        g,
+        edges,
+        lambdas,
+        column_scales=scales or None,
+        dtype=dtype if not edges else None,
+        device=device if not edges else None,
     )

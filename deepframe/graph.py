@@ -10,7 +10,8 @@ An architecture is a plain :class:`networkx.DiGraph` (docs/concepts.md):
 * **edges** ``k -> j`` with ``op`` in ``conv`` (``kernel_size``, ``stride=1``,
   ``padding=kernel_size // 2``), ``dense``, ``identity``, ``project``
   (learned 1x1 conv with ``stride``; dense between dense activations) and
-  ``shortcut`` (parameter-free subsample + zero channels, ``stride``).
+  ``shortcut`` (parameter-free subsample + zero channels, ``stride``,
+  ``pad_before`` zero channels in front, default half of the added ones).
 
 Edge-centric node ``j``: every incoming edge maps its source to ``j``'s shape
 and the contributions are summed. Node-centric node ``j`` (``merge="input"``):
@@ -79,6 +80,7 @@ _EDGE_KEYS = {
     "kernel_size",
     "stride",
     "padding",
+    "pad_before",
     "channels",
     "features",
     "in_shape",
@@ -115,7 +117,7 @@ def _int_attr(attrs: dict, key: str, where: str, *, default=None, minimum: int =
 
 def _check_int_attrs(attrs: dict, where: str) -> None:
     """Type-check the integer attributes present, also where the op ignores them."""
-    for key, minimum in (("kernel_size", 1), ("stride", 1), ("padding", 0)):
+    for key, minimum in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("pad_before", 0)):
         if key in attrs:
             _int_attr(attrs, key, where, minimum=minimum)
 
@@ -210,6 +212,11 @@ def _op_out_shape(
         if value < src[0]:
             raise ArchitectureError(
                 f"{where}: a shortcut cannot reduce {src[0]} channels to {value}"
+            )
+        if "pad_before" in attrs and attrs["pad_before"] > value - src[0]:
+            raise ArchitectureError(
+                f"{where}: pad_before={attrs['pad_before']} exceeds the {value - src[0]} "
+                f"channels the shortcut adds ({src[0]} -> {value})"
             )
         k, padding = 1, 0
     h = conv_output_size(src[1], k, stride, padding)

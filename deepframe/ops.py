@@ -556,21 +556,35 @@ class Identity(Operator):
 class Shortcut(Operator):
     """Parameter-free "option A" ResNet shortcut: subsample, then zero-pad channels.
 
-    ``forward(x) = pad_channels(x[:, :, ::s, ::s])`` with ``(C_out - C_in) // 2``
-    zero channels before and the rest after; output size ``ceil(H / s)``, the
-    same as a stride-``s`` 3x3 convolution with padding 1. The adjoint takes the
-    kept channels and scatters them back onto the subsampled grid (zeros
-    elsewhere). It is a partial isometry, so ``||A||^2 = 1``.
+    ``forward(x) = pad_channels(x[:, :, ::s, ::s])`` with ``pad_before`` zero
+    channels before (default ``(C_out - C_in) // 2``) and the rest after; output
+    size ``ceil(H / s)``, the same as a stride-``s`` 3x3 convolution with padding
+    1. The adjoint takes the kept channels and scatters them back onto the
+    subsampled grid (zeros elsewhere). It is a partial isometry, so
+    ``||A||^2 = 1``.
     """
 
     kind = "shortcut"
 
-    def __init__(self, in_shape: Sequence[int], out_channels: int, stride: int = 1):
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_channels: int,
+        stride: int = 1,
+        pad_before: int | None = None,
+    ):
         c, h, w = (int(s) for s in in_shape)
         if out_channels < c:
             raise ValueError(f"Shortcut: cannot reduce {c} channels to {out_channels}")
+        if pad_before is None:
+            pad_before = (out_channels - c) // 2
+        if not 0 <= pad_before <= out_channels - c:
+            raise ValueError(
+                f"Shortcut: pad_before={pad_before} must lie in [0, {out_channels - c}] "
+                f"({c} -> {out_channels} channels)"
+            )
         self.stride = int(stride)
-        self.pad_before = (out_channels - c) // 2
+        self.pad_before = int(pad_before)
         super().__init__((c, h, w), (out_channels, -(-h // stride), -(-w // stride)))
 
     def forward(self, x):

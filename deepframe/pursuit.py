@@ -50,6 +50,7 @@ from .dictionary import (
     Term,
     node_lambdas,
     random_weights,
+    split_weights,
     term_specs,
 )
 from .graph import activation_nodes, input_node, output_node, validate
@@ -60,6 +61,7 @@ METHODS = ("feedforward", "layered", "deep")
 SCHEDULES = ("gauss-seidel", "jacobi")
 THRESHOLDS = ("step", "paper")
 LAYERED_INITS = ("final", "feedforward")
+NEGATIVE_BIAS = ("error", "clip")
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
@@ -137,7 +139,9 @@ class PursuitNet(nn.Module):
     Built by :func:`compile`; see its documentation for the options.
 
     Learned parameters: the graph's weights (``weights``), ``lambda_j >= 0``
-    per channel as ``softplus(rho)`` (``lambda_rho``), ``beta_j in (0, 1)`` as
+    per channel as ``softplus(rho)`` (``lambda_rho``; with ``free_lambda``, a
+    solver that never iterates holds ``lambda_j`` of any sign as is in
+    ``lambda_free``), ``beta_j in (0, 1)`` as
     ``exp(-softplus(rho))`` (``beta_rho``, only with ``beta="learned"``), the
     batch-norm scales (``bn_scale``) and the classifier ``head``.
     """
@@ -161,6 +165,7 @@ class PursuitNet(nn.Module):
         checkpoint_sweeps: bool | int = False,
         channels_last: bool = False,
         torch_compile: bool | Mapping = False,
+        free_lambda: bool = False,
     ):
         super().__init__()
         self.graph = graph
@@ -193,14 +198,19 @@ class PursuitNet(nn.Module):
             self._weight_names[key] = _safe_name(key, taken)
             self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
+        self.lambda_free = nn.ParameterDict()
+        self.free_lambda = bool(free_lambda)
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
         self._fixed_beta = None if beta == "learned" else float(beta)
         for j, lam in node_lambdas(graph, dtype=torch.float64).items():
             name = _safe_name(str(j), taken)
             self._names[j] = name
-            rho = torch.log(torch.expm1(lam.clamp_min(_LAMBDA_FLOOR)))
-            self.lambda_rho[name] = nn.Parameter(rho, requires_grad=learn_lambda)
+            if self.free_lambda:
+                self.lambda_free[name] = nn.Parameter(lam.clone(), requires_grad=learn_lambda)
+            else:
+                rho = torch.log(torch.expm1(lam.clamp_min(_LAMBDA_FLOOR)))
+                self.lambda_rho[name] = nn.Parameter(rho, requires_grad=learn_lambda)
             if self._fixed_beta is None:
                 self.beta_rho[name] = nn.Parameter(
                     torch.tensor(math.log(math.expm1(-math.log(_BETA_INIT))))
@@ -259,7 +269,9 @@ class PursuitNet(nn.Module):
         return {key: self.weights[name] for key, name in self._weight_names.items()}
 
     def lambdas(self) -> dict:
-        """``{node: lambda_j}`` (per channel/feature, ``>= 0``)."""
+        """``{node: lambda_j}`` (per channel/feature; ``>= 0`` unless ``free_lambda``)."""
+        if self.free_lambda:
+            return {j: self.lambda_free[self._names[j]] for j in self.nodes}
         return {j: F.softplus(self.lambda_rho[self._names[j]]) for j in self.nodes}
 
     def betas(self) -> dict:
@@ -905,7 +917,7 @@ def compile(
     threshold: str = "step",
     schedule: str = "gauss-seidel",
     layered_init: str = "final",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     mean=None,
     std=None,
     seed: int = 0,
@@ -914,6 +926,8 @@ def compile(
     checkpoint_sweeps: bool | int = False,
     channels_last: bool = False,
     torch_compile: bool | Mapping = False,
+    weights: Mapping[str, torch.Tensor] | None = None,
+    negative_bias: str = "error",
 ) -> PursuitNet:
     """Compile an architecture graph into a pursuit solver + classifier.
 
@@ -949,8 +963,9 @@ def compile(
         start consistent with the local problem (Eq. 7), which reconstructs
         ``w_{j-1}^[T]``; the default because the trained L-BP models of this
         project use it. Both coincide for the first node and for ``T = 0``.
-    num_classes : int
-        Outputs of the linear head.
+    num_classes : int, optional
+        Outputs of the linear head (default: the rows of ``weights["head.weight"]``,
+        else 10).
     mean, std : sequence of float, optional
         Per-channel input normalisation applied inside the model.
     seed : int
@@ -973,6 +988,25 @@ def compile(
         Run the pursuit through ``torch.compile(..., fullgraph=True)`` (built on
         the first call); a mapping passes its options (``backend``, ``mode``,
         ...) to ``torch.compile``. ``encode(x, trace=True)`` stays eager.
+    weights : mapping, optional
+        Initial weights instead of random ones: every edge weight under the keys
+        of :func:`deepframe.dictionary.parameter_shapes`, and optionally
+        ``"lambda:j"``, batch-norm statistics and the head (the mapping
+        :func:`deepframe.from_torch` returns; see
+        :func:`deepframe.dictionary.split_weights`). A solver that never
+        iterates (``"feedforward"``, or ``iterations=0``) keeps the lambdas
+        exactly, of any sign (``lambda_j = -bias_j`` of the imported network),
+        as free parameters: it is the imported network, in float64 to rounding.
+        A pursuit keeps them through ``lambda = softplus(rho)`` (at least 1e-4).
+    negative_bias : {"error", "clip"}
+        What a pursuit (``"layered"`` / ``"deep"`` with ``iterations > 0``) does
+        with ``lambda_j < 0`` in ``weights`` (a trained network's positive
+        biases; they make F unbounded below, SPEC §4): ``"error"`` refuses them
+        (ValueError naming the nodes); ``"clip"`` projects every lambda onto
+        ``[0, inf)``, ``lambda_j <- max(lambda_j, 0)`` per channel (for a
+        batch-norm node ``lambda_j`` is minus the batch norm's shift ``beta``).
+        The projection changes the feed-forward initialisation wherever a
+        lambda was negative.
     """
     if method not in METHODS:
         raise ValueError(f"compile: unknown method {method!r}; expected one of {METHODS}")
@@ -1000,12 +1034,27 @@ def compile(
             "compile: torch_compile must be a bool or a mapping of torch.compile options, "
             f"got {torch_compile!r}"
         )
+    if negative_bias not in NEGATIVE_BIAS:
+        raise ValueError(
+            f"compile: unknown negative_bias {negative_bias!r}; expected one of {NEGATIVE_BIAS}"
+        )
     g = validate(graph)
     from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
 
     check_memory(g, "pursuit" if method != "feedforward" and iterations else "weights", dtype=dtype)
     if method == "feedforward":
         iterations = 0
+    imported = None
+    if weights is not None:
+        imported = _imported_weights(g, weights, iterations, negative_bias)
+        classes = imported[3]
+        if classes is not None and num_classes is not None and num_classes != classes:
+            raise ValueError(
+                f"compile: num_classes={num_classes} but weights['head.weight'] has {classes} rows"
+            )
+        num_classes = classes if num_classes is None else num_classes
+    if num_classes is None:
+        num_classes = 10
     net = PursuitNet(
         g,
         method=method,
@@ -1023,8 +1072,71 @@ def compile(
         checkpoint_sweeps=checkpoint_sweeps,
         channels_last=channels_last,
         torch_compile=torch_compile,
+        free_lambda=imported is not None and iterations == 0,
     )
     net = net.to(dtype=dtype, device=device)
+    if imported is not None:
+        edges, lambdas, nodes, _, head = imported
+        _load_weights(net, edges, lambdas, nodes, head)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def _imported_weights(g, weights, iterations: int, negative_bias: str):
+    """Split ``weights`` (:func:`split_weights`) and apply the ``negative_bias`` policy.
+
+    Returns ``(edges, lambdas, nodes, classes, head)`` with ``lambdas`` projected onto
+    ``[0, inf)`` for ``negative_bias="clip"`` and ``classes`` the head's rows (or None).
+    """
+    edges, nodes, head = split_weights(g, weights)
+    lambdas = dict(nodes["lambda"])
+    if negative_bias == "clip":
+        lambdas = {j: lam.clamp_min(0) for j, lam in lambdas.items()}
+    elif iterations > 0:
+        negative = {j: lam for j, lam in lambdas.items() if bool((lam < 0).any())}
+        if negative:
+            listed = ", ".join(
+                f"{j!r} ({int((lam < 0).sum())} of {lam.numel()}, min {float(lam.min()):.3g})"
+                for j, lam in list(negative.items())[:3]
+            )
+            more = f" and {len(negative) - 3} more nodes" if len(negative) > 3 else ""
+            raise ValueError(
+                f"compile: lambda < 0 (a positive bias of the imported network) at nodes "
+                f"{listed}{more}: the pursuit objective F is unbounded below then (SPEC §4). "
+                "Compile method='feedforward' (exact), or pass negative_bias='clip' to project "
+                "lambda onto [0, inf) (docs/bring-your-own-model.md)"
+            )
+    classes = int(head["weight"].shape[0]) if head else None
+    return edges, lambdas, nodes, classes, head
+
+
+def _load_weights(net: PursuitNet, edges, lambdas, nodes, head) -> None:
+    """Copy imported weights into a freshly built solver (after its dtype/device move)."""
+    with torch.no_grad():
+        for key, w in edges.items():
+            net.weights[net._weight_names[key]].copy_(w)
+        for j, lam in lambdas.items():
+            name = net._names[j]
+            if net.free_lambda:
+                net.lambda_free[name].copy_(lam)
+            else:  # the inverse of softplus, stable for large lambda
+                lam = lam.double().clamp_min(_LAMBDA_FLOOR)
+                net.lambda_rho[name].copy_(lam + torch.log(-torch.expm1(-lam)))
+        for j, gamma in nodes["bn_scale"].items():
+            name = net._names[j]
+            eps = nodes["bn_eps"].get(j)
+            var = nodes["bn_var"][j].double()
+            if eps is not None:  # the solver's batch norm uses eps = _BN_EPS
+                var = var + float(eps) - _BN_EPS
+            if bool((var < 0).any()):
+                raise ValueError(
+                    f"compile: node {j!r}: running variance + eps is below the solver's "
+                    f"batch-norm eps {_BN_EPS}; fold this batch norm into the weights instead"
+                )
+            net.bn_scale[name].copy_(gamma)
+            getattr(net, f"bn_mean_{name}").copy_(nodes["bn_mean"][j])
+            getattr(net, f"bn_var_{name}").copy_(var)
+        if head:
+            net.head.weight.copy_(head["weight"])
+            net.head.bias.copy_(head["bias"])

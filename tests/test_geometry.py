@@ -302,10 +302,19 @@ def test_bounds_are_below_attained_values(g, seed):
         lambda: df.densenet((1, 7, 9), 2, widths=(2, 3, 2)),
         lambda: df.chain((2, 9, 9), [3, 2, 4], strides=[2, 1, 2], merge="input"),
         lambda: df.chain((6,), [4, 5, 3]),
+        lambda: _pad_before(df.resnet((2, 9, 7), 1, widths=(2, 3, 6))),
     ],
 )
 def test_structured_equals_dense_on_builders(builder):
     _compare(df.dictionary(builder(), seed=4))
+
+
+def _pad_before(g: nx.DiGraph) -> nx.DiGraph:
+    """Option-A shortcuts with all their zero channels behind the kept ones (pad_before=0)."""
+    for *_, a in g.edges(data=True):
+        if a["op"] == "shortcut":
+            a["pad_before"] = 0
+    return df.validate(g)
 
 
 def _cancelling_graph() -> nx.DiGraph:

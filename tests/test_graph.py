@@ -354,6 +354,28 @@ MALFORMED = [
         ["'b' -> 's'", "reduce"],
     ),
     (
+        "shortcut pad_before beyond the added channels",
+        _edit(
+            conv_graph,
+            _add(
+                nodes=[("s", {"channels": 5})],
+                edges=[("b", "s", {"op": "shortcut", "stride": 2, "pad_before": 4})],
+            ),
+        ),
+        ["'b' -> 's'", "pad_before=4", "3 channels"],
+    ),
+    (
+        "negative pad_before",
+        _edit(
+            conv_graph,
+            _add(
+                nodes=[("s", {"channels": 5})],
+                edges=[("b", "s", {"op": "shortcut", "pad_before": -1})],
+            ),
+        ),
+        ["'b' -> 's'", "pad_before", ">= 0"],
+    ),
+    (
         "project from a dense source into channels",
         _edit(
             dense_graph, _add(nodes=[("c", {"channels": 2})], edges=[("o", "c", {"op": "project"})])
@@ -603,6 +625,15 @@ JSON_GRAPHS = {
     "resnet B": lambda: df.resnet((3, 8, 8), 1, widths=(2, 3, 4), shortcut="B"),
     "densenet": lambda: df.densenet((1, 6, 6), 2, widths=(2, 3)),
     "mlp": lambda: df.chain((6,), [4, 3]),
+    "shortcut pad_before": lambda: df.validate(
+        _edit(
+            conv_graph,
+            _add(
+                nodes=[("s", {"channels": 5})],
+                edges=[("b", "s", {"op": "shortcut", "stride": 2, "pad_before": 3})],
+            ),
+        )()
+    ),
     "node-centric": lambda: df.validate(node_centric_graph()),
     "per-channel bias and output": lambda: df.validate(
         _edit(

@@ -94,6 +94,19 @@ def _all_operators():
                 id=f"shortcut{(c_in, c_out, h, w, s)}",
             )
         )
+    for c_in, c_out, h, w, s, before in [
+        (2, 5, 5, 4, 2, 0),
+        (2, 5, 4, 4, 1, 3),
+        (1, 4, 3, 5, 3, 2),
+    ]:
+        out.append(
+            pytest.param(
+                lambda c_in=c_in, c_out=c_out, h=h, w=w, s=s, before=before: ops.Shortcut(
+                    (c_in, h, w), c_out, stride=s, pad_before=before
+                ),
+                id=f"shortcut{(c_in, c_out, h, w, s)}-pad_before={before}",
+            )
+        )
     for shape in DENSE_CASES:
         out.append(
             pytest.param(
@@ -116,7 +129,7 @@ def _reference(op) -> np.ndarray:
     if isinstance(op, ops.Conv):
         return conv_matrix(op.weight, op.in_shape, op.stride, op.padding)
     if isinstance(op, ops.Shortcut):
-        return shortcut_matrix(op.in_shape, op.out_shape[0], op.stride)
+        return shortcut_matrix(op.in_shape, op.out_shape[0], op.stride, op.pad_before)
     if isinstance(op, ops.Dense):
         return dense_matrix(op.weight)
     if isinstance(op, ops.Identity):
@@ -275,6 +288,22 @@ def test_shortcut_is_option_a(case):
 def test_shortcut_cannot_reduce_channels():
     with pytest.raises(ValueError, match="reduce"):
         ops.Shortcut((3, 4, 4), 2)
+
+
+@pytest.mark.parametrize("before", [0, 1, 4])
+def test_shortcut_pad_before_places_the_kept_channels(before):
+    op = ops.Shortcut((2, 5, 5), 6, stride=2, pad_before=before)
+    x = torch.randn((2, 2, 5, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = op.forward(x)
+    torch.testing.assert_close(out[:, before : before + 2], x[:, :, ::2, ::2])
+    assert float(out[:, :before].abs().sum()) == 0.0
+    assert float(out[:, before + 2 :].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("before", [-1, 5])
+def test_shortcut_pad_before_out_of_range(before):
+    with pytest.raises(ValueError, match="pad_before"):
+        ops.Shortcut((2, 4, 4), 6, pad_before=before)
 
 
 def test_conv_empty_map_is_an_error():

@@ -98,16 +98,18 @@ def identity_matrix(size: int) -> np.ndarray:
     return np.eye(size)
 
 
-def shortcut_matrix(in_shape: Sequence[int], out_channels: int, stride: int = 1) -> np.ndarray:
+def shortcut_matrix(
+    in_shape: Sequence[int], out_channels: int, stride: int = 1, pad_before: int | None = None
+) -> np.ndarray:
     """The option-A shortcut: keep every ``stride``-th pixel, zero-pad channels.
 
-    Input channel ``c`` goes to output channel ``c + (C_out - C_in) // 2``;
-    output pixel ``(y, x)`` is input pixel ``(y s, x s)``; output size
-    ``ceil(H / s) x ceil(W / s)``.
+    Input channel ``c`` goes to output channel ``c + pad_before`` (default
+    ``pad_before = (C_out - C_in) // 2``); output pixel ``(y, x)`` is input
+    pixel ``(y s, x s)``; output size ``ceil(H / s) x ceil(W / s)``.
     """
     c, h, w = (int(s) for s in in_shape)
     ho, wo = -(-h // stride), -(-w // stride)
-    before = (out_channels - c) // 2
+    before = (out_channels - c) // 2 if pad_before is None else int(pad_before)
     matrix = np.zeros((out_channels * ho * wo, c * h * w))
     for ch in range(c):
         for y in range(ho):
@@ -132,7 +134,7 @@ def operator_matrix(
         ``"conv"``, ``"dense"``, ``"identity"``, ``"project"`` or ``"shortcut"``.
     attrs : mapping
         The edge's (or node-centric node's) attributes: ``kernel_size``,
-        ``stride``, ``padding``.
+        ``stride``, ``padding``, ``pad_before`` (shortcut).
     in_shape, out_shape : shapes of the source and of the result
     weight : array or tensor, optional
         The learned weight (``None`` for parameter-free operators).
@@ -144,7 +146,7 @@ def operator_matrix(
             raise ValueError(f"identity between {tuple(in_shape)} and {tuple(out_shape)}")
         matrix = identity_matrix(in_size)
     elif op == "shortcut":
-        matrix = shortcut_matrix(in_shape, out_shape[0], stride)
+        matrix = shortcut_matrix(in_shape, out_shape[0], stride, attrs.get("pad_before"))
     elif op == "dense" or (op == "project" and len(in_shape) == 1):
         matrix = dense_matrix(weight)
     elif op == "project":
