@@ -37,8 +37,8 @@ from typing import Any
 
 import networkx as nx
 
-from ._io import atomic_write
 from . import ops
+from ._io import atomic_write
 
 __all__ = [
     "ArchitectureError",

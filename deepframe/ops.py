@@ -805,7 +805,9 @@ class Conv(Operator):
 
     @classmethod
     def from_spec(cls, spec, weights):
-        return Conv(weights[spec.weight_key], spec.in_shape, stride=spec.stride, padding=spec.padding)
+        return Conv(
+            weights[spec.weight_key], spec.in_shape, stride=spec.stride, padding=spec.padding
+        )
 
     @classmethod
     def bound_bytes(cls, spec):
@@ -968,7 +970,11 @@ class Project(Conv):
         if len(in_shape) == 1:  # between dense activations: a dense operator
             return Dense.spec(attrs, in_shape, out_shape, key)
         return OpSpec(
-            "project", tuple(in_shape), tuple(out_shape), stride=attrs.get("stride", 1), weight_key=key
+            "project",
+            tuple(in_shape),
+            tuple(out_shape),
+            stride=attrs.get("stride", 1),
+            weight_key=key,
         )
 
     @classmethod
