@@ -43,6 +43,7 @@ import torch
 from . import ops
 from ._io import format_bytes, parse_size
 from .graph import activation_nodes, input_node, output_node, validate
+from .ops import OpSpec
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -55,6 +56,8 @@ __all__ = [
     "parse_size",
     "resolve_memory_budget",
     "Term",
+    "Structure",
+    "structure",
     "GlobalDictionary",
     "dictionary",
     "parameter_shapes",
@@ -172,41 +175,41 @@ class Term:
 # --------------------------------------------------------------------------
 # parameters of a graph
 # --------------------------------------------------------------------------
-def _op_weight_shape(op: str, attrs: Mapping, in_shape, out_shape):
-    """Weight shape and fan-in of a parametrised operator, ``None`` if parameter-free."""
-    if op in ("identity", "shortcut"):
-        return None
-    if op == "dense" or (op == "project" and len(in_shape) == 1):
-        d_in = math.prod(in_shape)
-        return (out_shape[0], d_in), d_in
-    k = 1 if op == "project" else attrs["kernel_size"]
-    return (out_shape[0], in_shape[0], k, k), in_shape[0] * k * k
+def _weight_shape(op: str, attrs: Mapping, in_shape, out_shape):
+    """``(shape, fan_in)`` of an operator's learned weight (the edge kind's
+    :meth:`deepframe.ops.Operator.weight_shape`), ``None`` if parameter-free."""
+    return ops.edge_kind(op).weight_shape(attrs, tuple(in_shape), tuple(out_shape))
 
 
-def parameter_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], int]]:
+def parameter_shapes(g: nx.DiGraph | Structure) -> dict[str, tuple[tuple[int, ...], int]]:
     """Learned weights of a validated graph: ``{key: (shape, fan_in)}`` in a fixed order.
 
     Keys are ``"k->j"`` for parametrised edges and ``"j"`` for the operators of
     node-centric nodes. Order: by activation node, edges before the node's own
-    operator, edges sorted by source name.
+    operator, edges sorted by source name. ``g`` may be the graph's
+    :class:`Structure`.
     """
+    return dict(structure(g).parameters)
+
+
+def _parameter_shapes(g: nx.DiGraph, nodes) -> dict[str, tuple[tuple[int, ...], int]]:
     shapes = {}
-    for j in activation_nodes(g):
+    for j in nodes:
         for k in sorted(g.predecessors(j), key=str):
             a = g.edges[k, j]
-            spec = _op_weight_shape(a.get("op", "identity"), a, a["in_shape"], a["out_shape"])
+            spec = _weight_shape(a.get("op", "identity"), a, a["in_shape"], a["out_shape"])
             if spec is not None:
                 shapes[edge_key(k, j)] = spec
         na = g.nodes[j]
         if na.get("merge", "edge") == "input":
-            spec = _op_weight_shape(na["op"], na, na["input_shape"], na["shape"])
+            spec = _weight_shape(na["op"], na, na["input_shape"], na["shape"])
             if spec is not None:
                 shapes[str(j)] = spec
     return shapes
 
 
 def random_weights(
-    g: nx.DiGraph,
+    g: nx.DiGraph | Structure,
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
@@ -221,20 +224,22 @@ def random_weights(
         The weights would need more than the memory budget (see
         :func:`check_memory`); nothing is allocated.
     """
-    check_memory(g, "weights", dtype=dtype, memory_budget=memory_budget)
+    s = structure(g)
+    check_memory(s, "weights", dtype=dtype, memory_budget=memory_budget)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights = {}
-    for key, (shape, fan_in) in parameter_shapes(g).items():
+    for key, (shape, fan_in) in s.parameters.items():
         w = torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
         weights[key] = w.to(dtype=dtype, device=device)
     return weights
 
 
-def node_lambdas(g: nx.DiGraph, *, dtype=torch.float64, device="cpu") -> dict:
+def node_lambdas(g: nx.DiGraph | Structure, *, dtype=torch.float64, device="cpu") -> dict:
     """``lambda_j`` per node from the ``bias`` attribute: a tensor of shape ``(C,)`` / ``(d,)``."""
+    s = structure(g)
     out = {}
-    for j in activation_nodes(g):
-        a = g.nodes[j]
+    for j in s.nodes:
+        a = s.graph.nodes[j]
         bias = a.get("bias", 0.0)
         n = a["shape"][0]
         value = torch.as_tensor(bias, dtype=dtype, device=device)
@@ -243,7 +248,7 @@ def node_lambdas(g: nx.DiGraph, *, dtype=torch.float64, device="cpu") -> dict:
 
 
 def split_weights(
-    g: nx.DiGraph, weights: Mapping[str, torch.Tensor]
+    g: nx.DiGraph | Structure, weights: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict], dict[str, torch.Tensor]]:
     """Split a weights mapping into edge weights, per-node tensors and the head.
 
@@ -260,8 +265,8 @@ def split_weights(
 
     Parameters
     ----------
-    g : networkx.DiGraph
-        A validated graph.
+    g : networkx.DiGraph or Structure
+        A validated graph (or its :class:`Structure`).
     weights : mapping of str to torch.Tensor
 
     Returns
@@ -280,8 +285,10 @@ def split_weights(
         batch-norm tensor for a node without ``batchnorm=True``, an incomplete
         set of batch-norm tensors or an incomplete head; the message names the key.
     """
-    expected = parameter_shapes(g)
-    nodes_by_name = {str(j): j for j in activation_nodes(g)}
+    st = structure(g)
+    g = st.graph
+    expected = st.parameters
+    nodes_by_name = {str(j): j for j in st.nodes}
     edges: dict[str, torch.Tensor] = {}
     nodes: dict[str, dict] = {what: {} for what in NODE_TENSORS}
     head: dict[str, torch.Tensor] = {}
@@ -327,7 +334,7 @@ def split_weights(
     if head:
         if set(head) != {"weight", "bias"}:
             raise ValueError(f"weights: the head needs both {HEAD_KEYS}, got {sorted(head)}")
-        c_out = g.nodes[output_node(g)]["shape"][0]
+        c_out = st.node_shapes[st.output][0]
         w, b = head["weight"], head["bias"]
         if w.dim() != 2 or w.shape[1] != c_out or tuple(b.shape) != (w.shape[0],):
             raise ValueError(
@@ -335,36 +342,6 @@ def split_weights(
                 f"make a linear head of the output node's {c_out} channels/features"
             )
     return edges, nodes, head
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    """A weight-independent description of one operator of a term."""
-
-    kind: str
-    in_shape: tuple
-    out_shape: tuple
-    stride: int = 1
-    kernel_size: int = 1
-    padding: int = 0
-    weight_key: str | None = None
-    pad_before: int | None = None
-
-    def build(self, weights: Mapping[str, torch.Tensor]) -> ops.Operator:
-        """The operator with its weight taken from ``weights``."""
-        kind = self.kind
-        if kind == "identity":
-            return ops.Identity(self.in_shape)
-        if kind == "shortcut":
-            return ops.Shortcut(
-                self.in_shape, self.out_shape[0], stride=self.stride, pad_before=self.pad_before
-            )
-        weight = weights[self.weight_key]
-        if kind == "dense":
-            return ops.Dense(weight, self.in_shape)
-        if kind == "project":
-            return ops.Project(weight, self.in_shape, stride=self.stride)
-        return ops.Conv(weight, self.in_shape, stride=self.stride, padding=self.padding)
 
 
 @dataclass(frozen=True)
@@ -388,50 +365,31 @@ class TermSpec:
 
 
 def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
-    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if op == "identity":
-        return OpSpec("identity", in_shape, out_shape)
-    if op == "shortcut":
-        return OpSpec(
-            "shortcut",
-            in_shape,
-            out_shape,
-            stride=attrs.get("stride", 1),
-            pad_before=attrs.get("pad_before"),
-        )
-    if op == "dense" or (op == "project" and len(in_shape) == 1):
-        return OpSpec("dense", in_shape, out_shape, weight_key=key)
-    if op == "project":
-        return OpSpec("project", in_shape, out_shape, stride=attrs.get("stride", 1), weight_key=key)
-    k = attrs["kernel_size"]
-    return OpSpec(
-        "conv",
-        in_shape,
-        out_shape,
-        stride=attrs.get("stride", 1),
-        kernel_size=k,
-        padding=attrs.get("padding", k // 2),
-        weight_key=key,
-    )
+    """The :class:`deepframe.ops.OpSpec` the edge kind ``op`` makes of ``attrs``."""
+    return ops.edge_kind(op).spec(attrs, tuple(in_shape), tuple(out_shape), key)
 
 
-def term_specs(g: nx.DiGraph) -> list[TermSpec]:
+def term_specs(g: nx.DiGraph | Structure) -> list[TermSpec]:
     """The residual terms of a validated graph, without weights (docs/concepts.md).
 
     Edge-centric node ``j``: one term per incoming edge ``k -> j`` (synthesis by the
     edge operator, target ``w_k`` or ``x`` through the identity). Node-centric node
     ``j``: one term (synthesis by the node's operator, targets through the edges).
+    ``g`` may be the graph's :class:`Structure` (which holds them).
     """
-    src = input_node(g)
+    return list(structure(g).terms)
+
+
+def _term_specs(g: nx.DiGraph, src, nodes) -> list[TermSpec]:
     specs = []
-    for j in activation_nodes(g):
+    for j in nodes:
         na = g.nodes[j]
         preds = sorted(g.predecessors(j), key=str)
         if na.get("merge", "edge") == "edge":
             for k in preds:
                 a = g.edges[k, j]
                 op = _op_spec(a["op"], a, a["in_shape"], a["out_shape"], edge_key(k, j))
-                ident = OpSpec("identity", tuple(a["in_shape"]), tuple(a["in_shape"]))
+                ident = _op_spec("identity", {}, a["in_shape"], a["in_shape"], edge_key(k, j))
                 if k == src:
                     specs.append(TermSpec(edge_key(k, j), j, op, inputs=(ident,)))
                 else:
@@ -449,9 +407,69 @@ def term_specs(g: nx.DiGraph) -> list[TermSpec]:
     return specs
 
 
-def build_terms(g: nx.DiGraph, weights: Mapping[str, torch.Tensor]) -> list[Term]:
+def build_terms(g: nx.DiGraph | Structure, weights: Mapping[str, torch.Tensor]) -> list[Term]:
     """The residual terms of a validated graph with the given weights (docs/concepts.md)."""
-    return [spec.build(weights) for spec in term_specs(g)]
+    return [spec.build(weights) for spec in structure(g).terms]
+
+
+# --------------------------------------------------------------------------
+# the compiled structure
+# --------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """Everything about a validated graph that does not depend on its weights, built
+    once by :func:`structure` and handed down (graph -> dictionary -> pursuit).
+
+    Attributes
+    ----------
+    graph : networkx.DiGraph
+        The validated graph (shapes annotated). Not copied: do not modify it.
+    input, output : node
+        The input node and the node feeding the classifier head
+        (:func:`deepframe.graph.input_node`, :func:`deepframe.graph.output_node`).
+    input_shape : tuple of int
+    nodes : tuple
+        Activation nodes in column order (:func:`deepframe.graph.activation_nodes`).
+    node_shapes : dict
+        ``{node: shape}`` of every activation node (shared: do not modify).
+    terms : tuple of TermSpec
+        The residual terms, without weights (row order of ``D``).
+    parameters : dict
+        ``{key: (shape, fan_in)}`` of the learned weights (shared: do not
+        modify; :func:`parameter_shapes` returns a copy).
+    """
+
+    graph: nx.DiGraph
+    input: object
+    output: object
+    input_shape: tuple
+    nodes: tuple
+    node_shapes: Mapping
+    terms: tuple
+    parameters: Mapping
+
+
+def structure(g: nx.DiGraph | Structure) -> Structure:
+    """The :class:`Structure` of a validated graph (a structure is returned as is).
+
+    Computes the topological order, the roles (input, output), the shapes, the
+    term specifications and the weight shapes once; every function of this
+    module that takes a graph accepts the structure instead and reuses it.
+    """
+    if isinstance(g, Structure):
+        return g
+    src = input_node(g)
+    nodes = tuple(activation_nodes(g))
+    return Structure(
+        graph=g,
+        input=src,
+        output=output_node(g),
+        input_shape=tuple(g.nodes[src]["shape"]),
+        nodes=nodes,
+        node_shapes={j: tuple(g.nodes[j]["shape"]) for j in nodes},
+        terms=tuple(_term_specs(g, src, nodes)),
+        parameters=_parameter_shapes(g, nodes),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -534,14 +552,15 @@ class MemoryEstimate:
         raise ValueError(f"unknown memory estimate {what!r}; expected weights, pursuit or metrics")
 
 
-def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
+def estimate_memory(g: nx.DiGraph | Structure) -> MemoryEstimate:
     """The sizes of a validated graph that set its memory cost, without allocating a tensor."""
-    shapes = parameter_shapes(g)
+    st = structure(g)
+    shapes = st.parameters
     weights = sum(math.prod(shape) for shape, _ in shapes.values())
     largest = max(shapes.items(), key=lambda kv: math.prod(kv[1][0]), default=(None, ((), 0)))
-    node_sizes = {j: math.prod(g.nodes[j]["shape"]) for j in activation_nodes(g)}
-    conv_atoms = sum(node_sizes[j] for j in node_sizes if len(g.nodes[j]["shape"]) == 3)
-    specs = term_specs(g)
+    node_sizes = {j: math.prod(shape) for j, shape in st.node_shapes.items()}
+    conv_atoms = sum(node_sizes[j] for j, shape in st.node_shapes.items() if len(shape) == 3)
+    specs = st.terms
     max_taps, explicit, full_block, bound = 1, 0, 0, (0, None)
     for spec in specs:
         ops_ = [spec.op, *(p for _, p in spec.targets)]
@@ -552,7 +571,7 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
             else:
                 small, big = min(n_in, n_out), max(n_in, n_out)
                 explicit = max(explicit, small * small + small * big)
-            bound = max(bound, (_bound_bytes(op), op.weight_key), key=lambda b: b[0])
+            bound = max(bound, (op.bound_bytes(), op.weight_key), key=lambda b: b[0])
         if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
             sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
             full_block = max(full_block, max(sizes) ** 2)
@@ -569,23 +588,6 @@ def estimate_memory(g: nx.DiGraph) -> MemoryEstimate:
     )
 
 
-def _bound_bytes(op: OpSpec) -> int:
-    """Bytes of ``op``'s Lipschitz bound (see :attr:`MemoryEstimate.bound`)."""
-    if op.weight_key is None:
-        return 0
-    if op.kind == "dense":
-        return 3 * 8 * math.prod(op.in_shape) * op.out_shape[0]
-    k = op.kernel_size if op.kind == "conv" else 1
-    s, p = op.stride, op.padding if op.kind == "conv" else 0
-    grid = []
-    for size, out in zip(op.in_shape[1:], op.out_shape[1:]):
-        period = max(size + p, s * out, k, s * (out - 1) + k - p)
-        grid.append(-(-period // s))
-    c_out, c_in = op.out_shape[0], op.in_shape[0] * s * s
-    m = min(c_out, c_in)
-    return 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
-
-
 _WHAT = {
     "weights": "initialising the weights",
     "pursuit": "the pursuit solver (weights and the Lipschitz bounds of a forward pass)",
@@ -594,7 +596,7 @@ _WHAT = {
 
 
 def check_memory(
-    g: nx.DiGraph,
+    g: nx.DiGraph | Structure,
     what: str,
     *,
     dtype: torch.dtype = torch.float64,
@@ -604,8 +606,8 @@ def check_memory(
 
     Parameters
     ----------
-    g : networkx.DiGraph
-        Validated architecture.
+    g : networkx.DiGraph or Structure
+        Validated architecture (or its :class:`Structure`).
     what : {"weights", "pursuit", "metrics"}
         The operation (see :meth:`MemoryEstimate.bytes`).
     dtype : torch.dtype
@@ -656,8 +658,10 @@ class GlobalDictionary:
 
     Parameters
     ----------
-    graph : networkx.DiGraph
-        Validated architecture.
+    graph : networkx.DiGraph or Structure
+        Validated architecture, or its :class:`Structure` (then nothing about
+        the graph is recomputed); :attr:`graph` is the graph, :attr:`structure`
+        the structure.
     weights : mapping
         ``{key: tensor}`` as :func:`parameter_shapes` lists.
     lambdas : mapping, optional
@@ -678,7 +682,7 @@ class GlobalDictionary:
 
     def __init__(
         self,
-        graph: nx.DiGraph,
+        graph: nx.DiGraph | Structure,
         weights: Mapping[str, torch.Tensor],
         lambdas: Mapping | None = None,
         *,
@@ -686,9 +690,10 @@ class GlobalDictionary:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ):
-        self.graph = graph
+        self.structure = st = structure(graph)
+        self.graph = st.graph
         self.weights = dict(weights)
-        expected = parameter_shapes(graph)
+        expected = st.parameters
         missing = set(expected) - set(self.weights)
         if missing:
             raise ValueError(f"GlobalDictionary: missing weights {sorted(missing)}")
@@ -708,14 +713,14 @@ class GlobalDictionary:
         self.lambdas = (
             dict(lambdas)
             if lambdas is not None
-            else node_lambdas(graph, dtype=self.dtype, device=self.device)
+            else node_lambdas(st, dtype=self.dtype, device=self.device)
         )
-        self.input = input_node(graph)
-        self.input_shape = tuple(graph.nodes[self.input]["shape"])
-        self.nodes = activation_nodes(graph)
-        self.node_shapes = {j: tuple(graph.nodes[j]["shape"]) for j in self.nodes}
+        self.input = st.input
+        self.input_shape = st.input_shape
+        self.nodes = list(st.nodes)
+        self.node_shapes = dict(st.node_shapes)
         self.column_scales = _check_scales(column_scales, self.nodes, self.node_shapes)
-        self.terms = build_terms(graph, self.weights)
+        self.terms = build_terms(st, self.weights)
         for t in self.terms:
             if t.synth in self.column_scales:
                 t.op = ops.Scaled(t.op, self.column_scales[t.synth])
@@ -727,7 +732,7 @@ class GlobalDictionary:
     def to(self, dtype: torch.dtype | None = None, device=None) -> GlobalDictionary:
         """A copy with weights and lambdas converted (e.g. to float64 for exact metrics)."""
         return GlobalDictionary(
-            self.graph,
+            self.structure,
             {k: w.to(dtype=dtype, device=device) for k, w in self.weights.items()},
             {j: lam.to(dtype=dtype, device=device) for j, lam in self.lambdas.items()},
             column_scales={
@@ -964,16 +969,19 @@ class GlobalDictionary:
         return LinearOperator(self.shape, matvec=mv, rmatvec=rmv, dtype=np.float64)
 
     def dottest(self, *, seed: int = 0, batch: int = 2) -> float:
-        """Relative error of ``<D u, v> = <u, D^T v>`` for random ``u``, ``v``."""
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        """Relative error of ``<D u, v> = <u, D^T v>`` for random ``u``, ``v``
+        (:func:`deepframe.ops.dot_test`)."""
         n, big_n = self.shape
-        u = torch.randn((batch, big_n), generator=g, dtype=torch.float64)
-        v = torch.randn((batch, n), generator=g, dtype=torch.float64)
-        u, v = u.to(self.dtype).to(self.device), v.to(self.dtype).to(self.device)
-        with torch.no_grad():
-            lhs = float((self.matvec(u) * v).sum())
-            rhs = float((u * self.rmatvec(v)).sum())
-        return abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1e-300)
+        return ops.dot_test(
+            self.matvec,
+            self.rmatvec,
+            (big_n,),
+            (n,),
+            dtype=self.dtype,
+            device=self.device,
+            seed=seed,
+            batch=batch,
+        ).error
 
     def __repr__(self) -> str:
         n, big_n = self.shape
@@ -1063,7 +1071,7 @@ def dictionary(
     MemoryBudgetError
         The random weights would exceed the memory budget.
     """
-    g = validate(graph)
+    g = structure(validate(graph))
     if weights is None:
         weights = random_weights(
             g, seed=seed, dtype=dtype, device=device, memory_budget=memory_budget

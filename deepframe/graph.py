@@ -37,8 +37,8 @@ from typing import Any
 
 import networkx as nx
 
+from . import ops
 from ._io import atomic_write
-from .ops import conv_output_size
 
 __all__ = [
     "ArchitectureError",
@@ -57,7 +57,8 @@ __all__ = [
     "EDGE_OPS",
 ]
 
-EDGE_OPS = ("conv", "dense", "identity", "project", "shortcut")
+#: The op names an edge may carry: the registered edge kinds (:data:`deepframe.ops.EDGE_KINDS`).
+EDGE_OPS = tuple(ops.EDGE_KINDS)
 NODE_KINDS = ("input", "activation")
 MERGES = ("edge", "input")
 _NODE_KEYS = {
@@ -157,76 +158,16 @@ def _size_attr(attrs: dict, where: str) -> tuple[str, int]:
 def _op_out_shape(
     op: Any, attrs: dict, src: tuple[int, ...], size: tuple[str, int] | None, where: str
 ) -> tuple[int, ...]:
-    """Output shape of operator ``op`` (attributes ``attrs``) applied to ``src``.
+    """Output shape of operator ``op`` (attributes ``attrs``) applied to ``src``: the
+    shape rule of the registered edge kind (:meth:`deepframe.ops.Operator.shape_rule`).
 
     ``size`` is the destination's declared ``("channels", C)`` or
     ``("features", d)``; ``None`` means "not declared" (identity only).
     """
-    if not isinstance(op, str):
-        raise ArchitectureError(f"{where}: attribute 'op' must be a string, got {op!r}")
-    if op not in EDGE_OPS:
-        raise ArchitectureError(f"{where}: unknown op {op!r}; expected one of {EDGE_OPS}")
-    if op == "identity":
-        if size is not None:
-            key, value = size
-            expected = src[0]
-            if (key == "channels") != (len(src) == 3) or value != expected:
-                raise ArchitectureError(
-                    f"{where}: identity needs equal shapes, but the source has shape {src} "
-                    f"and the destination declares {key}={value}"
-                )
-        return src
-    if size is None:
-        raise ArchitectureError(
-            f"{where}: op {op!r} needs the output size ('channels' or 'features')"
-        )
-    key, value = size
-    if op == "dense":
-        if key != "features":
-            raise ArchitectureError(
-                f"{where}: a dense op produces a dense activation; the destination must "
-                f"declare 'features', not 'channels'"
-            )
-        return (value,)
-    if op == "project" and len(src) == 1:
-        if key != "features":
-            raise ArchitectureError(
-                f"{where}: a project op from a dense source must go to 'features'"
-            )
-        return (value,)
-    # conv, project (1x1) and shortcut act on conv activations
-    if len(src) != 3:
-        raise ArchitectureError(f"{where}: op {op!r} needs a (C, H, W) source, got shape {src}")
-    if key != "channels":
-        raise ArchitectureError(
-            f"{where}: op {op!r} produces a conv activation; the destination must declare "
-            f"'channels', not 'features'"
-        )
-    stride = _int_attr(attrs, "stride", where, default=1)
-    if op == "conv":
-        k = _int_attr(attrs, "kernel_size", where)
-        padding = _int_attr(attrs, "padding", where, default=k // 2, minimum=0)
-    elif op == "project":
-        k, padding = 1, 0
-    else:  # shortcut
-        if value < src[0]:
-            raise ArchitectureError(
-                f"{where}: a shortcut cannot reduce {src[0]} channels to {value}"
-            )
-        if "pad_before" in attrs and attrs["pad_before"] > value - src[0]:
-            raise ArchitectureError(
-                f"{where}: pad_before={attrs['pad_before']} exceeds the {value - src[0]} "
-                f"channels the shortcut adds ({src[0]} -> {value})"
-            )
-        k, padding = 1, 0
-    h = conv_output_size(src[1], k, stride, padding)
-    w = conv_output_size(src[2], k, stride, padding)
-    if h < 1 or w < 1:
-        raise ArchitectureError(
-            f"{where}: op {op!r} (kernel {k}, stride {stride}, padding {padding}) shrinks the "
-            f"{src[1]}x{src[2]} map to nothing ({h}x{w})"
-        )
-    return (value, h, w)
+    try:
+        return ops.edge_kind(op).shape_rule(attrs, src, size)
+    except ValueError as exc:
+        raise ArchitectureError(f"{where}: {exc}") from None
 
 
 def _check_bias(attrs: dict, size: int, where: str) -> None:
@@ -377,8 +318,8 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
                 e_size = None
                 if "channels" in e_attrs or "features" in e_attrs:
                     e_size = _size_attr(e_attrs, e_where)
-                elif e_op == "shortcut":
-                    e_size = ("channels", src[0]) if len(src) == 3 else None
+                elif isinstance(e_op, str) and e_op in ops.EDGE_KINDS:
+                    e_size = ops.EDGE_KINDS[e_op].default_size(src)
                 shape = _op_out_shape(e_op, e_attrs, src, e_size, e_where)
             e_attrs["in_shape"] = src
             e_attrs["out_shape"] = shape

@@ -51,9 +51,9 @@ from .dictionary import (
     node_lambdas,
     random_weights,
     split_weights,
-    term_specs,
+    structure,
 )
-from .graph import activation_nodes, input_node, output_node, validate
+from .graph import validate
 
 __all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
 
@@ -168,7 +168,9 @@ class PursuitNet(nn.Module):
         free_lambda: bool = False,
     ):
         super().__init__()
-        self.graph = graph
+        st = structure(graph)  # a graph or its Structure (compile hands down the latter)
+        self.structure = st
+        self.graph = graph = st.graph
         self.method = method
         self.iterations = int(iterations)
         self.threshold = threshold
@@ -179,10 +181,10 @@ class PursuitNet(nn.Module):
         self.torch_compile = (
             dict(torch_compile) if isinstance(torch_compile, Mapping) else bool(torch_compile)
         )
-        self.nodes = activation_nodes(graph)
-        self.input = input_node(graph)
-        self.output = output_node(graph)
-        self.input_shape = tuple(graph.nodes[self.input]["shape"])
+        self.nodes = list(st.nodes)
+        self.input = st.input
+        self.output = st.output
+        self.input_shape = st.input_shape
         if alpha == "fista":
             self.alphas = _fista_alphas(self.iterations)
         else:
@@ -194,7 +196,7 @@ class PursuitNet(nn.Module):
         self.weights = nn.ParameterDict()
         # Drawn in float64 (as deepframe.dictionary draws them); compile() casts the
         # module to its dtype, so a float64 model holds exactly the same weights.
-        for key, w in random_weights(graph, seed=seed, dtype=torch.float64).items():
+        for key, w in random_weights(st, seed=seed, dtype=torch.float64).items():
             self._weight_names[key] = _safe_name(key, taken)
             self.weights[self._weight_names[key]] = nn.Parameter(w)
         self.lambda_rho = nn.ParameterDict()
@@ -203,7 +205,7 @@ class PursuitNet(nn.Module):
         self.beta_rho = nn.ParameterDict()
         self.bn_scale = nn.ParameterDict()
         self._fixed_beta = None if beta == "learned" else float(beta)
-        for j, lam in node_lambdas(graph, dtype=torch.float64).items():
+        for j, lam in node_lambdas(st, dtype=torch.float64).items():
             name = _safe_name(str(j), taken)
             self._names[j] = name
             if self.free_lambda:
@@ -246,7 +248,7 @@ class PursuitNet(nn.Module):
         self.register_buffer("input_std", std.to(torch.float64).reshape(shape).clone())
 
         # Structure of the terms (weights-independent): which terms touch which node.
-        self._specs = term_specs(graph)
+        self._specs = list(st.terms)
         terms = self.terms()
         self._synth_terms = {
             j: [i for i, t in enumerate(terms) if t.synth == j] for j in self.nodes
@@ -1038,7 +1040,7 @@ def compile(
         raise ValueError(
             f"compile: unknown negative_bias {negative_bias!r}; expected one of {NEGATIVE_BIAS}"
         )
-    g = validate(graph)
+    g = structure(validate(graph))  # built once, handed down to the solver
     from .dictionary import check_memory  # refuses before allocating (MemoryBudgetError)
 
     check_memory(g, "pursuit" if method != "feedforward" and iterations else "weights", dtype=dtype)

@@ -139,7 +139,7 @@ def test_lipschitz_bound_estimate_follows_the_periodic_grid(
 ):
     """The bound's size uses the grid that deepframe.ops.conv_sqnorm_bound builds."""
     from deepframe import ops
-    from deepframe.dictionary import OpSpec, _bound_bytes
+    from deepframe.ops import OpSpec
 
     out = [ops.conv_output_size(n, kernel_size, stride, padding) for n in in_shape[1:]]
     spec = OpSpec("conv", in_shape, (c_out, *out), stride, kernel_size, padding, "w")
@@ -152,9 +152,9 @@ def test_lipschitz_bound_estimate_follows_the_periodic_grid(
     if len(grid) == 2:
         c_in = in_shape[0] * stride * stride
         m = min(c_out, c_in)
-        assert _bound_bytes(spec) == 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
+        assert spec.bound_bytes() == 40 * grid[0] * (grid[1] // 2 + 1) * (c_out * c_in + 2 * m * m)
     else:  # dead taps shrink the grid: the estimate stays an upper bound
-        assert _bound_bytes(spec) > 0
+        assert spec.bound_bytes() > 0
 
 
 def test_check_memory_refuses_with_the_estimate_before_allocating(monkeypatch):

@@ -48,7 +48,8 @@ def assert_dottest(a, rtol: float = 1e-10, *, seed: int = 0, batch: int = 3) -> 
     """Assert ``<A u, v> = <u, A^T v>`` for random ``u``, ``v`` (the adjoint is exact).
 
     Works for a :class:`deepframe.ops.Operator` (``forward`` / ``adjoint``) and a
-    :class:`deepframe.GlobalDictionary` (``D @ w`` / ``D.T @ r``). Also checks
+    :class:`deepframe.GlobalDictionary` (``D @ w`` / ``D.T @ r``), with the same
+    test as their ``dottest()`` (:func:`deepframe.ops.dot_test`). Also checks
     that both maps return exactly the shapes they should (an adjoint must
     restore its source's exact shape, e.g. a strided conv's odd height).
 
@@ -68,30 +69,26 @@ def assert_dottest(a, rtol: float = 1e-10, *, seed: int = 0, batch: int = 3) -> 
     float
         The relative error.
     """
+    from ..ops import dot_test
+
     forward, adjoint, in_shape, out_shape, dtype, device = _maps(a)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    u = torch.randn((batch, *in_shape), generator=generator, dtype=torch.float64)
-    v = torch.randn((batch, *out_shape), generator=generator, dtype=torch.float64)
-    u, v = u.to(dtype=dtype, device=device), v.to(dtype=dtype, device=device)
-    with torch.no_grad():
-        au, atv = forward(u), adjoint(v)
-    if tuple(au.shape) != (batch, *out_shape):
+    result = dot_test(
+        forward, adjoint, in_shape, out_shape, dtype=dtype, device=device, seed=seed, batch=batch
+    )
+    if result.forward_shape != (batch, *out_shape):
         raise AssertionError(
-            f"{a!r}: forward returned shape {tuple(au.shape)}, expected {(batch, *out_shape)}"
+            f"{a!r}: forward returned shape {result.forward_shape}, expected {(batch, *out_shape)}"
         )
-    if tuple(atv.shape) != (batch, *in_shape):
+    if result.adjoint_shape != (batch, *in_shape):
         raise AssertionError(
-            f"{a!r}: adjoint returned shape {tuple(atv.shape)}, expected {(batch, *in_shape)}"
+            f"{a!r}: adjoint returned shape {result.adjoint_shape}, expected {(batch, *in_shape)}"
         )
-    lhs = float((au.double() * v.double()).sum())
-    rhs = float((u.double() * atv.double()).sum())
-    error = abs(lhs - rhs) / max(abs(lhs), abs(rhs), 1e-300)
-    if not error <= rtol:
+    if not result.error <= rtol:
         raise AssertionError(
-            f"{a!r}: dot test failed, <A u, v> = {lhs!r} but <u, A^T v> = "
-            f"{rhs!r} (relative error {error:.3e} > {rtol:.1e})"
+            f"{a!r}: dot test failed, <A u, v> = {result.lhs!r} but <u, A^T v> = "
+            f"{result.rhs!r} (relative error {result.error:.3e} > {rtol:.1e})"
         )
-    return error
+    return result.error
 
 
 def assert_matches_dense(

@@ -8,10 +8,16 @@ return plain, *unvalidated* :class:`networkx.DiGraph` objects, so that a
 seeded loop (``random_architecture(random.Random(seed))``) reproduces a graph
 exactly without hypothesis installed; ``analysis/stress_graphs.py`` does so.
 
-The generator tracks every shape itself (conv arithmetic
-``floor((H + 2p - k) / s) + 1``, shortcut ``ceil(H / s)``) and only joins
-contributions whose shapes agree, so every graph it returns must pass
-:func:`deepframe.validate`; a graph that does not is a bug in one of the two.
+Which operators exist and how each is drawn is the registry's
+(:data:`deepframe.ops.EDGE_KINDS`: :meth:`~deepframe.ops.Operator.draw`,
+:meth:`~deepframe.ops.Operator.between`, :attr:`~deepframe.ops.Operator.draw_weights`),
+so a newly registered edge kind is drawn without a change here. The drawing
+hooks compute every output shape with their own arithmetic (conv
+``floor((H + 2p - k) / s) + 1``, 1x1 maps ``ceil(H / s)``), not with the shape
+rules, and the generator only joins contributions whose shapes agree, so every
+graph it returns must pass :func:`deepframe.validate`; a graph that does not is
+a bug in one of the two. (:func:`deepframe.testing.assert_shapes_match_torch`
+checks the inferred shapes against torch itself.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import networkx as nx
 
 from ..graph import EDGE_OPS, validate
 from ..graph import MERGES as GRAPH_MERGES
+from ..ops import EDGE_KINDS
 
 __all__ = [
     "OPS",
@@ -43,33 +50,6 @@ INPUTS = ("conv", "dense")
 """Input kinds: an image ``(C, H, W)`` or a vector ``(d,)``."""
 
 Shape = tuple[int, ...]
-
-
-# --------------------------------------------------------------------------
-# shape arithmetic (kept independent of deepframe.ops on purpose)
-# --------------------------------------------------------------------------
-def _conv_size(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
-
-
-def _sub_size(size: int, s: int) -> int:
-    return -(-size // s)
-
-
-def _strides_to(src: int, dst: int, strides: Sequence[int]) -> list[int]:
-    """Strides ``s`` with ``ceil(src / s) == dst`` (1x1 maps: project, shortcut)."""
-    return [s for s in strides if _sub_size(src, s) == dst]
-
-
-def _convs_to(src: Shape, dst: Shape, kernel_sizes, strides) -> list[tuple[int, int, int]]:
-    """``(k, s, p)`` with ``p <= k`` taking a ``src`` map to exactly ``dst``'s size."""
-    found = []
-    for k in kernel_sizes:
-        for s in strides:
-            for p in range(k + 1):
-                if _conv_size(src[1], k, s, p) == dst[1] and _conv_size(src[2], k, s, p) == dst[2]:
-                    found.append((k, s, p))
-    return found
 
 
 class _Config:
@@ -95,14 +75,14 @@ class _Config:
         self.merges = tuple(merges)
         self.inputs = tuple(inputs)
         for value, allowed, what in (
-            (self.ops, OPS, "ops"),
+            (self.ops, tuple(EDGE_KINDS), "ops"),
             (self.merges, MERGES, "merges"),
             (self.inputs, INPUTS, "inputs"),
         ):
             if not value or not set(value) <= set(allowed):
                 raise ValueError(f"{what} must be a non-empty subset of {allowed}, got {value}")
-        if not {"dense", "identity", "project"} & set(self.ops):
-            # a vector input can only be followed by dense, identity or dense project
+        if not any(EDGE_KINDS[op].draw_weights[1] for op in self.ops):
+            # no allowed kind follows a vector (dense, identity or dense project do)
             self.inputs = tuple(i for i in self.inputs if i != "dense")
             if not self.inputs:
                 raise ValueError(f"ops {self.ops} cannot follow a dense input; allow 'conv' inputs")
@@ -127,12 +107,6 @@ class _Config:
 # --------------------------------------------------------------------------
 # one operator from a source shape
 # --------------------------------------------------------------------------
-# how often each operator follows a conv / a dense activation (conv maps dominate real
-# networks, and a dense edge from a conv source ends the conv part of the graph)
-_CONV_SOURCE_WEIGHTS = {"conv": 5, "project": 2, "shortcut": 2, "identity": 2, "dense": 1}
-_DENSE_SOURCE_WEIGHTS = {"conv": 0, "project": 2, "shortcut": 0, "identity": 1, "dense": 3}
-
-
 def _weighted_order(rng, weights: dict[str, float]) -> list[str]:
     """The keys of ``weights`` in a random order, heavier keys earlier on average."""
     left = dict(weights)
@@ -154,66 +128,31 @@ def _weighted_order(rng, weights: dict[str, float]) -> list[str]:
 def _draw_op(rng, cfg: _Config, src: Shape, allowed: Sequence[str]):
     """Draw an operator applicable to ``src``: ``(op, attrs, out_shape)`` or ``None``.
 
+    Kinds are tried in a random order weighted by their
+    :attr:`~deepframe.ops.Operator.draw_weights` (conv maps dominate real
+    networks, and a dense edge from a conv source ends the conv part of the
+    graph); the first whose :meth:`~deepframe.ops.Operator.draw` succeeds wins.
     ``attrs`` are the operator's own attributes (``kernel_size``, ``stride``,
     ``padding``); the output size (``channels``/``features``) is in ``out_shape``.
     """
-    weights = _CONV_SOURCE_WEIGHTS if len(src) == 3 else _DENSE_SOURCE_WEIGHTS
-    for op in _weighted_order(rng, {op: weights[op] for op in allowed if weights[op]}):
-        if op == "identity":
-            return op, {}, src
-        if op == "dense" or (op == "project" and len(src) == 1):
-            return op, {}, (rng.randint(1, cfg.max_features),)
-        c = rng.randint(1, cfg.max_channels)
-        if op == "conv":
-            for _ in range(6):
-                k = rng.choice(cfg.kernel_sizes)
-                s = rng.choice(cfg.strides)
-                default = rng.random() < 0.5
-                p = k // 2 if default else rng.randint(0, k)
-                h, w = _conv_size(src[1], k, s, p), _conv_size(src[2], k, s, p)
-                if 1 <= h <= cfg.max_size and 1 <= w <= cfg.max_size:
-                    attrs: dict[str, Any] = {"kernel_size": k}
-                    if s != 1 or rng.random() < 0.3:
-                        attrs["stride"] = s
-                    if not default or rng.random() < 0.3:
-                        attrs["padding"] = p
-                    return op, attrs, (c, h, w)
-            continue
-        s = rng.choice(cfg.strides)
-        attrs = {"stride": s} if (s != 1 or rng.random() < 0.3) else {}
-        if op == "shortcut":
-            c = rng.randint(src[0], max(src[0], cfg.max_channels))
-        return op, attrs, (c, _sub_size(src[1], s), _sub_size(src[2], s))
+    column = 0 if len(src) == 3 else 1
+    weights = {op: EDGE_KINDS[op].draw_weights[column] for op in allowed}
+    for op in _weighted_order(rng, {op: w for op, w in weights.items() if w}):
+        drawn = EDGE_KINDS[op].draw(rng, src, cfg)
+        if drawn is not None:
+            attrs, shape = drawn
+            return op, attrs, shape
     return None
 
 
 def _ops_between(rng, cfg: _Config, src: Shape, dst: Shape, allowed: Sequence[str]) -> list:
     """Every way (within ``allowed``) to map ``src`` onto exactly ``dst``: ``[(op, attrs)]``."""
-    found: list[tuple[str, dict]] = []
-    if "identity" in allowed and src == dst:
-        found.append(("identity", {}))
-    if len(dst) == 1:
-        if "dense" in allowed:
-            found.append(("dense", {}))
-        if "project" in allowed and len(src) == 1:
-            found.append(("project", {}))
-        return found
-    if len(src) != 3:
-        return found
-    strides = cfg.strides
-    sub = [
-        s for s in _strides_to(src[1], dst[1], strides) if s in _strides_to(src[2], dst[2], strides)
+    return [
+        (op, attrs)
+        for op in EDGE_KINDS
+        if op in allowed
+        for attrs in EDGE_KINDS[op].between(rng, src, dst, cfg)
     ]
-    if "project" in allowed:
-        found += [("project", {"stride": s}) for s in sub]
-    if "shortcut" in allowed and dst[0] >= src[0]:
-        found += [("shortcut", {"stride": s}) for s in sub]
-    if "conv" in allowed:
-        convs = _convs_to(src, dst, cfg.kernel_sizes, cfg.strides)
-        if convs:
-            k, s, p = rng.choice(convs)
-            found.append(("conv", {"kernel_size": k, "stride": s, "padding": p}))
-    return found
 
 
 def _size_attrs(shape: Shape) -> dict[str, int]:
@@ -553,6 +492,11 @@ def _m_bad_size_type(rng):
     key = "channels" if "channels" in a else "features"
     a[key] = rng.choice([True, float(a[key]), str(a[key]), 0, -2, None])
     return g, _q(n)
+
+
+def _conv_size(size: int, k: int, s: int, p: int) -> int:
+    """``floor((size + 2p - k) / s) + 1`` (kept independent of deepframe.ops on purpose)."""
+    return (size + 2 * p - k) // s + 1
 
 
 def _m_merge_mismatch(rng):
