@@ -880,20 +880,21 @@ def test_checkpoint_sweeps_gradients_equal_the_stored_path(solver, alpha, segmen
 def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
     """The sweeps run again in the backward pass, the state updates do not, and the
     tensors autograd keeps outside the recomputed segments shrink."""
+    from deepframe import solvers
     from deepframe.pursuit import PursuitNet
 
     calls = {"sweep": 0, "feedforward": 0}
-    sweep, feedforward = PursuitNet._gauss_seidel_sweep, PursuitNet._feedforward
+    sweep, feedforward = solvers._gauss_seidel_sweep, PursuitNet._feedforward
 
-    def counted_sweep(self, *args):
+    def counted_sweep(*args):
         calls["sweep"] += 1
-        return sweep(self, *args)
+        return sweep(*args)
 
     def counted_feedforward(self, *args):  # batch-norm statistics and the L_j bounds
         calls["feedforward"] += 1
         return feedforward(self, *args)
 
-    monkeypatch.setattr(PursuitNet, "_gauss_seidel_sweep", counted_sweep)
+    monkeypatch.setattr(solvers, "_gauss_seidel_sweep", counted_sweep)
     monkeypatch.setattr(PursuitNet, "_feedforward", counted_feedforward)
     g = _bn_graph(True)
     x, y = _x((3, 8, 8), batch=4, seed=2), torch.tensor([0, 1, 2, 3])
