@@ -921,6 +921,29 @@ def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
     assert stored[1] < stored[0] / 3, stored
 
 
+@pytest.mark.parametrize("method", ["feedforward", "layered", "deep"])
+def test_solver_registry_runs_on_a_problem(method):
+    """``SOLVERS[method](problem, codes, options)`` from the feed-forward codes is the
+    model's pursuit: the registry is the methods and nothing else happens in between."""
+    from deepframe.pursuit import METHODS
+    from deepframe.solvers import SOLVERS
+
+    assert tuple(SOLVERS) == METHODS
+    g = _bn_graph(True)
+    net = df.compile(g, method=method, iterations=2, alpha=0.2, dtype=f64).eval()
+    _random_bn_statistics(net)
+    x = _x((3, 8, 8), batch=2)
+    with torch.no_grad():
+        problem = net._problem(net.normalize(x))
+        codes = net._feedforward(problem)
+        problem.betas = net.betas()
+        if net.iterations:
+            codes = SOLVERS[method](problem, codes, net._options())
+        want = net.encode(x)
+    for j in net.nodes:
+        assert torch.equal(codes[j], want[j]), j
+
+
 def test_checkpoint_sweeps_leaves_inference_and_traces_alone():
     g = _bn_graph(True)
     net = df.compile(g, method="deep", iterations=3, checkpoint_sweeps=True, dtype=f64).eval()
