@@ -70,6 +70,7 @@ __all__ = [
     "node_lambdas",
     "node_key",
     "split_weights",
+    "lasso_objective",
     "NODE_TENSORS",
     "HEAD_KEYS",
 ]
@@ -170,6 +171,38 @@ class Term:
             for p in self.inputs:
                 r = r + p.forward(x)
         return r
+
+
+def lasso_objective(residuals, codes: Mapping, lambdas: Mapping, nodes=None) -> torch.Tensor:
+    """``F(w) = 1/2 sum_t ||r_t||^2 + sum_j <lambda_j, w_j>`` per sample: ``(B,)``.
+
+    The global non-negative LASSO objective (Eq. 11; Eq. 12 / 16 as one
+    matrix) from its residuals: :meth:`GlobalDictionary.objective` and the
+    pursuit's :class:`deepframe.Trace` both evaluate ``F`` here.
+
+    Parameters
+    ----------
+    residuals : iterable of torch.Tensor
+        ``r_t`` per term, each ``(B, *term shape)``.
+    codes : mapping
+        ``{node: (B, *shape)}``.
+    lambdas : mapping
+        ``{node: (C,) or (features,)}``, broadcast over a node's positions.
+    nodes : sequence, optional
+        The nodes of the penalty, in order (default: the keys of ``lambdas``).
+    """
+    smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in residuals)
+    return smooth + _penalty(codes, lambdas, lambdas if nodes is None else nodes)
+
+
+def _penalty(codes: Mapping, lambdas: Mapping, nodes) -> torch.Tensor:
+    """``sum_j <lambda_j, w_j>`` per sample, lambda broadcast over positions."""
+    total = 0.0
+    for j in nodes:
+        w = codes[j]
+        lam = lambdas[j].to(w.dtype).reshape(-1, *([1] * (w.dim() - 2)))
+        total = total + (w * lam).flatten(1).sum(1)
+    return total
 
 
 # --------------------------------------------------------------------------
@@ -869,12 +902,7 @@ class GlobalDictionary:
 
     def penalty(self, codes: Mapping) -> torch.Tensor:
         """``sum_j <lambda_j, w_j>`` per sample, lambda broadcast over positions."""
-        total = 0.0
-        for j in self.nodes:
-            w = codes[j]
-            lam = self.lambdas[j].to(w.dtype).reshape(-1, *([1] * (w.dim() - 2)))
-            total = total + (w * lam).flatten(1).sum(1)
-        return total
+        return _penalty(codes, self.lambdas, self.nodes)
 
     def objective(self, x: torch.Tensor, w) -> torch.Tensor:
         """``F(w) = 1/2 ||y - D w||^2 + sum_j <lambda_j, w_j>`` per sample: ``(B,)``.
@@ -888,8 +916,7 @@ class GlobalDictionary:
         objective the solver decreases (its trace's ``objective``).
         """
         codes = w if isinstance(w, Mapping) else self.codes(w)
-        smooth = sum(0.5 * r.flatten(1).pow(2).sum(1) for r in self.residuals(x, codes))
-        return smooth + self.penalty(codes)
+        return lasso_objective(self.residuals(x, codes), codes, self.lambdas, self.nodes)
 
     def lipschitz(self, *, exact: bool = False, estimate: bool = False, seed: int = 0) -> dict:
         """``L_j = sum_{t: synth j} ||B_t S_j||^2 + sum_{t: j target} ||P_tj||^2`` per node.

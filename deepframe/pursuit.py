@@ -7,26 +7,20 @@
 
 of the graph (the terms ``r_t`` of :mod:`deepframe.dictionary`) by T unrolled
 iterations, then classifies the output node's code (global average pooling +
-linear). Methods, in a string-keyed registry:
+linear). The module holds what is learned and what normalises: the weights,
+``lambda_j``, ``beta_j``, batch norm, the input's ``mean`` / ``std``, the
+Lipschitz bounds ``L_j`` of the current weights and the head. Each forward
+pass builds the batch's :class:`deepframe.solvers.Problem`, runs the
+feed-forward pass (L-TP, Eq. 4 / 17: every method's start, which folds batch
+norm into the problem) and hands it to the method's solver in
+:data:`deepframe.solvers.SOLVERS`:
 
-* ``"feedforward"`` (L-TP, Eq. 4): ``w_j = ReLU(a_j - lambda_j)`` in
-  topological order with ``a_j = sum_{t: synth j} A_t (target_t)``, which is
-  ``sum_{k -> j} A_jk w_k`` for edge-centric nodes (the ordinary network) and
-  ``A_j (sum_k E_jk w_k)`` for node-centric ones (Eq. 17).
-* ``"layered"`` (L-BP, Algorithm 1): node by node, start from the feed-forward
-  threshold (Eq. 9; of the predecessors' final codes by default, see
-  ``layered_init``), then T proximal-gradient steps on the node's own terms
-  only (predecessors fixed at their final codes, no feedback).
-* ``"deep"`` (DP, Algorithm 2): feed-forward initialisation, then T sweeps of
-  block coordinate descent over all nodes (Gauss-Seidel by default) with
-  extrapolation (Eq. 14) and the proximal step (Eq. 13)
-
-      w_j <- ReLU( w^_j - s_j (grad_j f + lambda_j) ),    s_j = 1 / (beta_j L_j)
-
-  where ``grad_j f`` is Eq. 15 / Eq. 18 in the terms' notation
-  ``sum_{t: synth j} -A_t r_t + sum_{t: j target} P_tj^T r_t`` and ``L_j`` a
-  provable upper bound on its Lipschitz constant (:meth:`PursuitNet.lipschitz`).
-  DP-res is DP on a graph with skip edges.
+* ``"feedforward"`` (L-TP): no iterations;
+* ``"layered"`` (L-BP, Algorithm 1): T local proximal steps per node;
+* ``"deep"`` (DP, Algorithm 2): T sweeps of proximal block coordinate descent,
+  ``w_j <- ReLU(w^_j - s_j (grad_j f + lambda_j))``, ``s_j = 1 / (beta_j L_j)``
+  with ``L_j`` a provable upper bound on the block Lipschitz constant
+  (:meth:`PursuitNet.lipschitz`). DP-res is DP on a graph with skip edges.
 
 No ``.item()``, no data-dependent Python branching and no detach inside the
 unrolled loop: attacks differentiate through every iteration.
@@ -37,7 +31,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import networkx as nx
 import torch
@@ -54,10 +47,12 @@ from .dictionary import (
     structure,
 )
 from .graph import validate
+from .solvers import SOLVERS, Problem, SolverOptions, Trace, fista_alphas
+from .solvers import conv_groups as _conv_groups
 
 __all__ = ["compile", "PursuitNet", "Trace", "METHODS"]
 
-METHODS = ("feedforward", "layered", "deep")
+METHODS = tuple(SOLVERS)  # ("feedforward", "layered", "deep")
 SCHEDULES = ("gauss-seidel", "jacobi")
 THRESHOLDS = ("step", "paper")
 LAYERED_INITS = ("final", "feedforward")
@@ -67,34 +62,6 @@ _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
 _LAMBDA_FLOOR = 1e-4  # softplus cannot reach 0: a requested lambda of 0 starts here
 _BETA_INIT = 1.0 - 1e-4  # beta = exp(-softplus(rho)) cannot reach 1: learned beta starts here
-
-
-@dataclass
-class Trace:
-    """What happened at each iteration of a pursuit (the seed's Fig. 8).
-
-    Index 0 is the feed-forward state (the codes of ``method="feedforward"``)
-    for every method, index ``t`` the state after iteration (sweep) ``t``; for
-    L-BP, every node's ``t``-th local iterate. The seed paper counts the
-    feed-forward pass as its first iteration: its ``T`` is this ``T + 1``.
-
-    Attributes
-    ----------
-    objective : torch.Tensor
-        ``(T + 1, B)``: ``F(w^[t])`` per sample (with the effective, batch-norm
-        folded dictionary and lambdas the solver used: in eval mode
-        ``net.dictionary().objective(net.normalize(x), codes)``).
-    term_errors : dict
-        ``{term name: (T + 1, B)}``: ``||r_t||^2 / ||target_t||^2`` where
-        ``target_t = sum_k P_tk w_k + P x`` is what the term reconstructs.
-    node_errors : dict
-        ``{node: (T + 1, B)}``: the same ratio summed over the terms that
-        synthesise from the node (its layer's reconstruction error).
-    """
-
-    objective: torch.Tensor
-    term_errors: dict
-    node_errors: dict
 
 
 def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,16 +88,6 @@ def _safe_name(key: str, taken: set) -> str:
         name, i = f"{base}_{i}", i + 1
     taken.add(name)
     return name
-
-
-def _fista_alphas(iterations: int) -> list[float]:
-    """FISTA momentum ``alpha_t = (tau_{t-1} - 1) / tau_t`` (Beck & Teboulle 2009)."""
-    out, tau = [], 1.0
-    for _ in range(iterations):
-        nxt = (1.0 + math.sqrt(1.0 + 4.0 * tau * tau)) / 2.0
-        out.append((tau - 1.0) / nxt)
-        tau = nxt
-    return out
 
 
 class PursuitNet(nn.Module):
@@ -186,7 +143,7 @@ class PursuitNet(nn.Module):
         self.output = st.output
         self.input_shape = st.input_shape
         if alpha == "fista":
-            self.alphas = _fista_alphas(self.iterations)
+            self.alphas = fista_alphas(self.iterations)
         else:
             self.alphas = [float(alpha)] * self.iterations
 
@@ -470,56 +427,59 @@ class PursuitNet(nn.Module):
         return state
 
     def _solve(self, x: torch.Tensor, trace: bool = False):
-        """:meth:`encode` after the input checks: the pursuit itself."""
-        xn = self.normalize(x)
-        terms = self.terms()
-        const = self._constants(terms, xn)
+        """:meth:`encode` after the input checks: the pursuit itself.
 
-        codes, problem = self._feedforward(terms, const)
+        The feed-forward pass (L-TP; lines 1-3 of Algorithm 2) builds the codes
+        every method starts from and completes the :class:`Problem` (batch norm
+        folded, effective lambdas, ``L_j``); ``SOLVERS[method]`` iterates from
+        there. With ``T = 0`` every method is the feed-forward pass.
+        """
+        problem = self._problem(self.normalize(x))
+        codes = self._feedforward(problem)
         history = [dict(codes)] if trace else None
-        iterate = self.iterations > 0  # with T = 0 every method is the feed-forward pass
-        if self.method == "layered" and iterate:
-            codes, per_node = self._layered(terms, const, codes, problem, trace)
-            if trace:  # index 0 stays the feed-forward state (the "final" start is not)
-                history += [
-                    {j: per_node[j][t] for j in self.nodes} for t in range(1, self.iterations + 1)
-                ]
-        elif self.method == "deep" and iterate:
-            codes = self._deep(terms, const, codes, problem, history)
+        if self.iterations > 0:
+            problem.betas = self.betas()
+            codes = SOLVERS[self.method](problem, codes, self._options(), history)
         if not trace:
             return codes
-        return codes, self._trace(terms, const, problem["lambda"], history)
+        return codes, Trace.from_history(problem, history)
 
-    def _target(self, term: Term, const, codes, node=None, code=None) -> torch.Tensor | None:
-        """``sum_k P_tk w_k + P x``: what term ``t`` reconstructs (``w_node = code`` if given)."""
-        out = const
-        for k, p in term.targets:
-            v = p.forward(code if k == node else codes[k])
-            out = v if out is None else out + v
-        return out
+    def _problem(self, xn: torch.Tensor) -> Problem:
+        """The :class:`Problem` of the current weights for the normalised input ``xn``
+        (batch norm not folded yet: :meth:`_feedforward` does that)."""
+        return Problem(
+            self.terms(),
+            xn,
+            self.nodes,
+            self._synth_terms,
+            self._target_terms,
+            conv_groups=self._conv_groups,
+            threshold=self.threshold,
+        )
 
-    @staticmethod
-    def _constants(terms, xn) -> list:
-        """The input's contribution to every term's target, constant over the iterations."""
-        return [sum(p.forward(xn) for p in t.inputs) if t.inputs else None for t in terms]
+    def _options(self) -> SolverOptions:
+        """The iteration options of the solvers, from the module's attributes."""
+        return SolverOptions(
+            iterations=self.iterations,
+            alphas=tuple(self.alphas),
+            schedule=self.schedule,
+            layered_init=self.layered_init,
+            segment=self._segment_length(),
+        )
 
-    def _preactivation(self, j, terms, const, codes) -> torch.Tensor:
-        """``a_j = sum_{t: synth j} A_t (target_t)`` from the current codes."""
-        a = None
-        for i in self._synth_terms[j]:
-            v = terms[i].op.forward(self._target(terms[i], const[i], codes))
-            a = v if a is None else a + v
-        return a
+    def _feedforward(self, problem: Problem) -> dict:
+        """L-TP (Eq. 4 / Eq. 17) with batch norm; completes ``problem``.
 
-    def _feedforward(self, terms, const):
-        """L-TP (Eq. 4 / Eq. 17) with batch norm, and the problem the iterations solve.
-
-        Returns the codes and ``problem``: per node the feed-forward threshold
-        ``"ff"`` (may be negative with batch norm), the effective ``"lambda"``
-        (``>= 0``) and the Lipschitz bounds ``"L"`` (all blocks) and ``"L_local"``
-        (the node's own terms), detached upper bounds (:meth:`_node_lipschitz`).
-        Batch norm of node j is folded into its synthesis blocks as the column
-        scaling ``S_j`` (in place in ``terms``); the bounds see the scaled blocks.
+        ``w_j = ReLU(a_j - lambda_j)`` in topological order, ``a_j =
+        problem.preactivation(j, codes)``; a batch-norm node normalises ``a_j``
+        (``torch.nn.functional.batch_norm`` with shift ``-lambda_j``: the
+        ordinary network) and is then folded into the problem
+        (docs/solvers.md, "Batch norm"): its synthesis blocks scale by ``S_j``
+        (:meth:`Problem.scale_columns`), its feed-forward threshold is
+        ``lambda_j + s_j mu_j`` and its effective lambda ``max(lambda_j + s_j
+        mu_j, 0)``. When the pursuit iterates, ``L_j`` and ``L_local_j`` are
+        bounded on the scaled blocks (:meth:`_node_lipschitz`, detached; kept
+        in eval mode until a weight or running statistic changes).
         """
         lambdas = self.lambdas()
         # Eval-mode bounds depend on the weights and running statistics only: kept
@@ -530,9 +490,8 @@ class PursuitNet(nn.Module):
         if use_cache and self._lipschitz_cache is not None and self._lipschitz_cache[0] == key:
             cached = self._lipschitz_cache[1]
         codes = {}
-        problem = {"ff": {}, "lambda": {}, "L": {}, "L_local": {}}
         for j in self.nodes:
-            a = self._preactivation(j, terms, const, codes)
+            a = problem.preactivation(j, codes)
             lam = lambdas[j]
             view = (-1,) + (1,) * (a.dim() - 2)
             name = self._names[j]
@@ -544,206 +503,37 @@ class PursuitNet(nn.Module):
                     dims = [0] + list(range(2, a.dim()))
                     mean, var = a.mean(dims), a.var(dims, unbiased=False)
                 scale = gamma / torch.sqrt(var + _BN_EPS)
-                for i in self._synth_terms[j]:
-                    terms[i].op = ops.Scaled(terms[i].op, scale)
+                problem.scale_columns(j, scale)
                 threshold = lam + scale * mean
             else:
                 pre = a - lam.reshape(view)
                 threshold = lam
             codes[j] = F.relu(pre)
-            problem["ff"][j] = threshold
-            problem["lambda"][j] = F.relu(threshold)
+            problem.feedforward_thresholds[j] = threshold
+            problem.lambdas[j] = F.relu(threshold)
             if cached is not None:
-                problem["L"][j], problem["L_local"][j] = cached[j]
+                problem.lipschitz[j], problem.local_lipschitz[j] = cached[j]
             elif self.iterations > 0:  # node j's synthesis operators are scaled by now
-                problem["L"][j], problem["L_local"][j] = self._node_lipschitz(
-                    terms, j, None, a.dtype
+                problem.lipschitz[j], problem.local_lipschitz[j] = self._node_lipschitz(
+                    problem.terms, j, None, a.dtype
                 )
         if use_cache and cached is None:
             self._lipschitz_cache = (
                 key,
-                {j: (problem["L"][j], problem["L_local"][j]) for j in self.nodes},
+                {j: (problem.lipschitz[j], problem.local_lipschitz[j]) for j in self.nodes},
             )
-        return codes, problem
-
-    def _step(self, w_hat, grad, lam, lip, beta):
-        view = (-1,) + (1,) * (w_hat.dim() - 2)
-        step = 1.0 / (beta * lip)
-        lam = lam.reshape(view)
-        if self.threshold == "step":
-            return F.relu(w_hat - step * (grad + lam))
-        return F.relu(w_hat - step * grad - lam)
-
-    def _grad(self, j, terms, const, codes, w_hat, synth, synth_hat, synth_only=False):
-        """``grad_j f`` at ``w_j = w_hat`` and the other blocks from ``codes``.
-
-        ``synth[i] = B_i w_synth(i)`` for the current codes and ``synth_hat[i] =
-        B_i w_hat`` for node j's own terms are passed in, so that a sweep can keep
-        them from one update to the next instead of recomputing them.
-        """
-        grad = None
-        for i in self._synth_terms[j]:
-            t = terms[i]
-            r = self._target(t, const[i], codes) - synth_hat[i]
-            v = -t.op.forward(r)
-            grad = v if grad is None else grad + v
-        if not synth_only:
-            for i, n in self._target_terms[j]:
-                t = terms[i]
-                r = self._target(t, const[i], codes, j, w_hat) - synth[i]
-                v = t.targets[n][1].adjoint(r)
-                grad = v if grad is None else grad + v
-        return grad
+        return codes
 
     def gradient(self, x: torch.Tensor, codes: Mapping) -> dict:
         """``{node: grad_j f}`` of the smooth part at ``codes`` (Eq. 15 / Eq. 18).
 
-        The same block gradient the solver uses, of :meth:`unfolded_dictionary`'s
-        problem (batch norm not folded); ``x`` is the raw input (normalised here).
+        The same block gradient the solver uses (:meth:`Problem.gradient`), of
+        :meth:`unfolded_dictionary`'s problem (batch norm not folded); ``x`` is
+        the raw input (normalised here).
         """
-        xn = self.normalize(x)
-        terms = self.terms()
-        const = self._constants(terms, xn)
-        synth = [t.op.adjoint(codes[t.synth]) for t in terms]
-        return {j: self._grad(j, terms, const, codes, codes[j], synth, synth) for j in self.nodes}
-
-    def _layered(self, terms, const, codes, problem, trace):
-        """L-BP (Algorithm 1): T local proximal steps per node, predecessors fixed.
-
-        ``codes`` holds the feed-forward codes ``w^[0]`` on entry. Node j's local
-        problem reconstructs its predecessors' *final* codes; it starts from
-        ``layered_init``: ``"feedforward"``, its own feed-forward code
-        ``w_j^[0] = ReLU(B_j^T w_{j-1}^[0] - lambda_j)`` (Eq. 9 literally), or
-        ``"final"``, ``ReLU(B_j^T w_{j-1}^[T] - lambda_j)`` (the same threshold
-        applied to the predecessors' final codes). Returns the final codes and,
-        with ``trace``, each node's local iterates ``[start, w^[1], ..., w^[T]]``.
-        """
-        betas = self.betas()
-        feedforward = dict(codes)
-        codes = dict(codes)
-        per_node = {}
-        for j in self.nodes:
-            if self.layered_init == "feedforward":
-                w = prev = feedforward[j]
-            else:
-                a = self._preactivation(j, terms, const, codes)
-                view = (-1,) + (1,) * (a.dim() - 2)
-                w = prev = F.relu(a - problem["ff"][j].reshape(view))
-            history = [w] if trace else None
-            step = self._local_step(j, terms, const, dict(codes), problem, betas)
-            w, _ = self._unroll(step, (w, prev), history)
-            codes[j] = w
-            per_node[j] = history
-        return codes, per_node
-
-    def _local_step(self, j, terms, const, fixed, problem, betas):
-        """Iteration ``t`` of node j's local problem as ``(w, w_prev) -> (w_new, w)``.
-
-        ``fixed`` holds the predecessors' final codes; ``w_prev`` is ``None`` when no
-        extrapolation needs it.
-        """
-
-        def step(t, state):
-            w, prev = state
-            alpha = self.alphas[t]
-            w_hat = w + alpha * (w - prev) if alpha else w
-            own = {i: terms[i].op.adjoint(w_hat) for i in self._synth_terms[j]}
-            grad = self._grad(j, terms, const, fixed, w_hat, None, own, synth_only=True)
-            w_new = self._step(w_hat, grad, problem["lambda"][j], problem["L_local"][j], betas[j])
-            return w_new, (w if self._alpha(t + 1) else None)
-
-        return step
-
-    def _deep(self, terms, const, codes, problem, history):
-        """DP (Algorithm 2): T sweeps of extrapolated proximal block coordinate descent.
-
-        A sweep starts by applying ``B_i`` to every term's synthesis code and keeps
-        those products while it updates the nodes (an update never changes a value
-        the same sweep reads later: a term's targets precede its synthesis node).
-        Extrapolation is linear, so ``B_i w^ = B_i w + alpha (B_i w - B_i w_prev)``
-        costs no operator call, and a sweep applies two operators per term
-        (``B_i w`` and ``A_i r_i``).
-        """
-        betas = self.betas()
-        if self.schedule == "jacobi":
-            groups = _group_weights(terms, self._conv_groups)
-
-            def sweep(*args):
-                return self._jacobi_sweep(*args, groups)
-        else:
-            sweep = self._gauss_seidel_sweep
-
-        def step(t, state):
-            codes, prev, synth_prev = state
-            new, synth = sweep(t, terms, const, problem, betas, codes, prev, synth_prev)
-            keep = bool(self._alpha(t + 1))  # the next extrapolation needs w and B w
-            return new, (codes if keep else None), (synth if keep else None)
-
-        codes, _, _ = self._unroll(step, (dict(codes), None, None), history)
-        return codes
-
-    def _gauss_seidel_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev):
-        """Sweep ``t``: nodes in topological order, each seeing the newest other blocks.
-
-        Returns the new codes and ``[B_i w_synth(i)]`` of the old ones (the next
-        sweep's ``B_i w_prev``); ``prev`` / ``synth_prev`` ``None`` mean "equal to
-        ``codes`` / its products" (the first sweep).
-        """
-        synth = [term.op.adjoint(codes[term.synth]) for term in terms]
-        alpha = self.alphas[t]
-        new = dict(codes)
-        for j in self.nodes:
-            w, own = codes[j], self._synth_terms[j]
-            if alpha:
-                w_prev = w if prev is None else prev[j]
-                before = synth if synth_prev is None else synth_prev
-                w_hat = w + alpha * (w - w_prev)
-                hat = {i: synth[i] + alpha * (synth[i] - before[i]) for i in own}
-            else:
-                w_hat, hat = w, {i: synth[i] for i in own}
-            grad = self._grad(j, terms, const, new, w_hat, synth, hat)
-            new[j] = self._step(w_hat, grad, problem["lambda"][j], problem["L"][j], betas[j])
-        return new, synth
-
-    def _jacobi_sweep(self, t, terms, const, problem, betas, codes, prev, synth_prev, groups):
-        """Sweep ``t`` with every block computed from ``codes`` (the previous sweep).
-
-        The same arithmetic as a Gauss-Seidel sweep that reads only old values,
-        arranged as one pass: all ``B_i w``, then all residuals, then all
-        ``A_i r_i``, then the node updates, with same-shaped convolutions batched
-        into one grouped call each (``groups``, from :func:`_group_weights`).
-        """
-        synth = _apply_grouped(terms, groups, [codes[term.synth] for term in terms], True)
-        alpha = self.alphas[t]
-        if alpha:
-            prev = codes if prev is None else prev
-            before = synth if synth_prev is None else synth_prev
-            w_hat = {j: codes[j] + alpha * (codes[j] - prev[j]) for j in self.nodes}
-            hat = [s + alpha * (s - b) for s, b in zip(synth, before)]
-        else:
-            w_hat, hat = codes, synth
-        # r_i = target_i - B_i w^_synth(i): the residual in the synthesis node's gradient
-        res = [self._target(term, const[i], codes) - hat[i] for i, term in enumerate(terms)]
-        analysed = _apply_grouped(terms, groups, res, False)
-        new = {}
-        for j in self.nodes:
-            grad = None
-            for i in self._synth_terms[j]:
-                v = -analysed[i]
-                grad = v if grad is None else grad + v
-            for i, n in self._target_terms[j]:
-                if alpha:  # node j's own extrapolation in the target, the others' plain B w
-                    r = self._target(terms[i], const[i], codes, j, w_hat[j]) - synth[i]
-                else:
-                    r = res[i]
-                v = terms[i].targets[n][1].adjoint(r)
-                grad = v if grad is None else grad + v
-            new[j] = self._step(w_hat[j], grad, problem["lambda"][j], problem["L"][j], betas[j])
-        return new, synth
-
-    def _alpha(self, t: int) -> float:
-        """Extrapolation weight of iteration ``t`` (0 past the last one)."""
-        return self.alphas[t] if t < self.iterations else 0.0
+        problem = self._problem(self.normalize(x))
+        synth = [t.op.adjoint(codes[t.synth]) for t in problem.terms]
+        return {j: problem.gradient(j, codes, codes[j], synth, synth) for j in self.nodes}
 
     def _segment_length(self) -> int:
         """Iterations per recomputed segment with ``checkpoint_sweeps`` (0: no checkpoints).
@@ -758,75 +548,6 @@ class PursuitNet(nn.Module):
             return max(1, round(math.sqrt(self.iterations / 3)))
         return int(k)
 
-    def _unroll(self, step, state, history=None):
-        """``state = step(t, state)`` for ``t = 0 .. T-1``.
-
-        With ``checkpoint_sweeps`` (and autograd recording) the iterations run in
-        segments under ``torch.utils.checkpoint`` (non-reentrant): only each
-        segment's input state is kept, its activations are recomputed in the
-        backward pass. The last segment is stored as usual: the backward pass
-        starts with it, so recomputing it would cost time and save no memory.
-        The segments hold iterations only, no in-place state update (running
-        statistics, power iterations), so recomputation changes nothing twice.
-        """
-        length = 0
-        if history is None and torch.is_grad_enabled():
-            length = self._segment_length()
-        if not length:
-            for t in range(self.iterations):
-                state = step(t, state)
-                if history is not None:
-                    history.append(state[0])
-            return state
-        from torch.utils.checkpoint import checkpoint
-
-        def segment(start, stop, state):
-            for t in range(start, stop):
-                state = step(t, state)
-            return state
-
-        for start in range(0, self.iterations, length):
-            stop = min(start + length, self.iterations)
-            if stop == self.iterations:  # the backward pass starts here: keep, do not redo
-                return segment(start, stop, state)
-            state = checkpoint(
-                segment, start, stop, state, use_reentrant=False, preserve_rng_state=False
-            )
-        return state
-
-    def _trace(self, terms, const, lam_eff, history) -> Trace:
-        objective, term_errors = [], {t.name: [] for t in terms}
-        node_num = {j: [] for j in self.nodes}
-        node_den = {j: [] for j in self.nodes}
-        for codes in history:
-            total = 0.0
-            nums = {j: 0.0 for j in self.nodes}
-            dens = {j: 0.0 for j in self.nodes}
-            for i, t in enumerate(terms):
-                target = self._target(t, const[i], codes)
-                r = target - t.op.adjoint(codes[t.synth])
-                num = r.flatten(1).pow(2).sum(1)
-                den = target.flatten(1).pow(2).sum(1)
-                term_errors[t.name].append(num / den.clamp_min(1e-30))
-                nums[t.synth] = nums[t.synth] + num
-                dens[t.synth] = dens[t.synth] + den
-                total = total + 0.5 * num
-            for j in self.nodes:
-                w = codes[j]
-                lam = lam_eff[j].reshape((-1,) + (1,) * (w.dim() - 2))
-                total = total + (w * lam).flatten(1).sum(1)
-                node_num[j].append(nums[j])
-                node_den[j].append(dens[j])
-            objective.append(total)
-        return Trace(
-            objective=torch.stack(objective).detach(),
-            term_errors={k: torch.stack(v).detach() for k, v in term_errors.items()},
-            node_errors={
-                j: (torch.stack(node_num[j]) / torch.stack(node_den[j]).clamp_min(1e-30)).detach()
-                for j in self.nodes
-            },
-        )
-
     def extra_repr(self) -> str:
         return (
             f"method={self.method!r}, iterations={self.iterations}, "
@@ -834,78 +555,6 @@ class PursuitNet(nn.Module):
             f"layered_init={self.layered_init!r}, "
             f"nodes={len(self.nodes)}"
         )
-
-
-def _conv_groups(specs) -> list[tuple[int, ...]]:
-    """Terms whose synthesis operators are convolutions of the same shapes, stride and
-    padding (two or more per group): one grouped convolution can apply them all."""
-    groups: dict = {}
-    for i, spec in enumerate(specs):
-        op = spec.op
-        if op.kind in ("conv", "project"):
-            key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
-            groups.setdefault(key, []).append(i)
-    return [tuple(v) for v in groups.values() if len(v) > 1]
-
-
-def _group_weights(terms, groups) -> list:
-    """Per group: term indices, the concatenated weights, the concatenated batch-norm
-    column scales (``None`` without batch norm) and the convolution's geometry."""
-    out = []
-    for indices in groups:
-        inner = [
-            terms[i].op.inner if isinstance(terms[i].op, ops.Scaled) else terms[i].op for i in indices
-        ]
-        weight = torch.cat([op.weight for op in inner])
-        scale = None
-        if any(isinstance(terms[i].op, ops.Scaled) for i in indices):
-            parts = [
-                terms[i].op.scale.reshape(-1)
-                if isinstance(terms[i].op, ops.Scaled)
-                else torch.ones(op.weight.shape[0], dtype=op.weight.dtype, device=op.weight.device)
-                for i, op in zip(indices, inner)
-            ]
-            scale = torch.cat(parts).reshape(-1, 1, 1)
-        first = inner[0]
-        geometry = (first.stride, first.padding, first.output_padding)
-        out.append((indices, weight, scale, geometry, first.in_shape[0], first.out_shape[0]))
-    return out
-
-
-def _apply_grouped(terms, groups, values, adjoint: bool) -> list:
-    """``[A_i v_i]`` (``adjoint=False``) or ``[A_i^T v_i]`` for every term ``i``.
-
-    The terms of a group run as one grouped ``conv2d`` / ``conv_transpose2d``
-    (inputs concatenated along channels, weights along output channels, with the
-    batch-norm column scale ``S A`` applied as :class:`deepframe.ops.Scaled` does); all
-    other terms run one by one.
-    """
-    out = [None] * len(terms)
-    for indices, weight, scale, (stride, padding, output_padding), c_in, c_out in groups:
-        v = torch.cat([values[i] for i in indices], 1)
-        if adjoint:
-            if scale is not None:
-                v = v * scale
-            v = F.conv_transpose2d(
-                v,
-                weight,
-                stride=stride,
-                padding=padding,
-                output_padding=output_padding,
-                groups=len(indices),
-            )
-            parts = v.split(c_in, 1)
-        else:
-            v = F.conv2d(v, weight, stride=stride, padding=padding, groups=len(indices))
-            if scale is not None:
-                v = v * scale
-            parts = v.split(c_out, 1)
-        for i, part in zip(indices, parts):
-            out[i] = part
-    for i, term in enumerate(terms):
-        if out[i] is None:
-            out[i] = term.op.adjoint(values[i]) if adjoint else term.op.forward(values[i])
-    return out
 
 
 def compile(

@@ -880,20 +880,21 @@ def test_checkpoint_sweeps_gradients_equal_the_stored_path(solver, alpha, segmen
 def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
     """The sweeps run again in the backward pass, the state updates do not, and the
     tensors autograd keeps outside the recomputed segments shrink."""
+    from deepframe import solvers
     from deepframe.pursuit import PursuitNet
 
     calls = {"sweep": 0, "feedforward": 0}
-    sweep, feedforward = PursuitNet._gauss_seidel_sweep, PursuitNet._feedforward
+    sweep, feedforward = solvers._gauss_seidel_sweep, PursuitNet._feedforward
 
-    def counted_sweep(self, *args):
+    def counted_sweep(*args):
         calls["sweep"] += 1
-        return sweep(self, *args)
+        return sweep(*args)
 
     def counted_feedforward(self, *args):  # batch-norm statistics and the L_j bounds
         calls["feedforward"] += 1
         return feedforward(self, *args)
 
-    monkeypatch.setattr(PursuitNet, "_gauss_seidel_sweep", counted_sweep)
+    monkeypatch.setattr(solvers, "_gauss_seidel_sweep", counted_sweep)
     monkeypatch.setattr(PursuitNet, "_feedforward", counted_feedforward)
     g = _bn_graph(True)
     x, y = _x((3, 8, 8), batch=4, seed=2), torch.tensor([0, 1, 2, 3])
@@ -918,6 +919,29 @@ def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
         stored[segment] = sum(kept.values())
     # stored: feed-forward + 6 sweeps; recomputed: feed-forward + the last sweep
     assert stored[1] < stored[0] / 3, stored
+
+
+@pytest.mark.parametrize("method", ["feedforward", "layered", "deep"])
+def test_solver_registry_runs_on_a_problem(method):
+    """``SOLVERS[method](problem, codes, options)`` from the feed-forward codes is the
+    model's pursuit: the registry is the methods and nothing else happens in between."""
+    from deepframe.pursuit import METHODS
+    from deepframe.solvers import SOLVERS
+
+    assert tuple(SOLVERS) == METHODS
+    g = _bn_graph(True)
+    net = df.compile(g, method=method, iterations=2, alpha=0.2, dtype=f64).eval()
+    _random_bn_statistics(net)
+    x = _x((3, 8, 8), batch=2)
+    with torch.no_grad():
+        problem = net._problem(net.normalize(x))
+        codes = net._feedforward(problem)
+        problem.betas = net.betas()
+        if net.iterations:
+            codes = SOLVERS[method](problem, codes, net._options())
+        want = net.encode(x)
+    for j in net.nodes:
+        assert torch.equal(codes[j], want[j]), j
 
 
 def test_checkpoint_sweeps_leaves_inference_and_traces_alone():
