@@ -47,7 +47,7 @@ _EXPORTS = {
     "audit": "attacks",
     "fgsm": "attacks",
     "pgd": "attacks",
-    "load_model": "train",
+    "load_model": "checkpoints",
     "train": "train",
     "from_torch": "interop",
 }
@@ -122,6 +122,7 @@ _sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .attacks import audit, fgsm, pgd
+    from .checkpoints import load_model
     from .dictionary import GlobalDictionary, MemoryBudgetError, dictionary
     from .geometry import (
         GramTooLargeError,
@@ -139,4 +140,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
     from .interop import from_torch
     from .pursuit import PursuitNet, Trace, compile
-    from .train import load_model, train
+    from .train import train

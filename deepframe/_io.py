@@ -1,7 +1,9 @@
-"""Small file helpers shared by the package."""
+"""Small file helpers shared by the package: atomic writes, JSON files, hashes, sizes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -10,7 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "format_bytes", "parse_size"]
+__all__ = [
+    "atomic_write",
+    "file_hash",
+    "format_bytes",
+    "json_hash",
+    "parse_size",
+    "read_json",
+    "write_json",
+]
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -56,6 +66,35 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+def write_json(path: str | Path, obj: Any, *, indent: int = 1) -> None:
+    """Write ``obj`` as indented JSON text (with a final newline), atomically."""
+    text = json.dumps(obj, indent=indent) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The JSON in ``path``, or None when the file is missing or not JSON (a cache miss)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def json_hash(obj: Any) -> str:
+    """First 16 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys).
+
+    Values JSON cannot hold are written as ``str(value)``. A cache key: equal
+    objects give equal hashes on every machine.
+    """
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of the file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def parse_size(text: str | int) -> int:

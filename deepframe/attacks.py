@@ -27,16 +27,21 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "AuditCheck",
     "AuditReport",
+    "Evaluation",
     "accuracy",
     "audit",
+    "eval_mode",
+    "evaluate",
     "fgsm",
+    "model_device",
     "parse_eps",
     "parse_eps_list",
     "pgd",
     "robust_accuracy",
 ]
 
-#: What :func:`accuracy`, :func:`robust_accuracy` and :func:`audit` accept as data.
+#: What :func:`evaluate`, :func:`accuracy`, :func:`robust_accuracy` and :func:`audit`
+#: accept as data.
 Data = DataLoader | Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable
 
 
@@ -74,8 +79,13 @@ def parse_eps_list(values: str | Sequence[str | float]) -> list[float]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards."""
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule of ``model`` in eval mode; restore each one's own flag afterwards.
+
+    Unlike ``model.eval()`` followed by ``model.train()``, a submodule that
+    was in eval mode before (e.g. frozen batch norm) stays so. Every attack
+    and evaluation of this module runs inside it.
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -140,7 +150,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     """
     eps = float(eps)
     _check_inputs(x, y, eps)
-    with _eval_mode(model):
+    with eval_mode(model):
         grad = _loss_gradient(model, x, y)
     return (x.detach() + eps * grad.sign()).clamp(0.0, 1.0)
 
@@ -207,7 +217,7 @@ def pgd(
             generator = torch.Generator(device=x.device).manual_seed(0)
         noise = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
         x_adv = (x + eps * (2 * noise.to(x.device) - 1)).clamp(0.0, 1.0)
-    with _eval_mode(model):
+    with eval_mode(model):
         for _ in range(steps):
             grad = _loss_gradient(model, x_adv, y)
             x_adv = x_adv + step_size * grad.sign()
@@ -218,7 +228,8 @@ def pgd(
 # --------------------------------------------------------------------------- evaluation
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (else first buffer; CPU for neither)."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -243,6 +254,147 @@ def _batches(
         yield x.to(device), y.to(device)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Sums over the samples of one pass of :func:`evaluate`.
+
+    Sums rather than means, so that passes over disjoint shards (one per
+    process of a distributed run) add up; the properties give the means.
+
+    Attributes
+    ----------
+    count : int
+        Samples evaluated.
+    loss_sum : float or None
+        ``sum_i J(x_i, y_i)``, the cross-entropy of the clean logits summed
+        over the samples (None unless asked for with ``evaluate(...,
+        loss=True)``).
+    correct : int
+        Samples whose clean logits' arg-max is the label.
+    robust_correct : dict
+        ``{eps: samples classified correctly after the attack at eps}``
+        (``eps = 0``: the clean count, no attack run).
+    """
+
+    count: int
+    loss_sum: float | None
+    correct: int
+    robust_correct: dict[float, int] = field(default_factory=dict)
+
+    def _share(self, value: float) -> float:
+        if self.count == 0:
+            raise ValueError("no samples to evaluate")
+        return value / self.count
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy ``1/n sum_i J(x_i, y_i)`` of the clean samples."""
+        if self.loss_sum is None:
+            raise ValueError("the loss was not measured: call evaluate(..., loss=True)")
+        return self._share(self.loss_sum)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of clean samples classified correctly."""
+        return self._share(self.correct)
+
+    @property
+    def robust_accuracy(self) -> dict[float, float]:
+        """``{eps: share of samples classified correctly under the attack}``."""
+        return {eps: self._share(c) for eps, c in self.robust_correct.items()}
+
+
+def _attack_fn(attack: str, steps: int, step_size: float | None, random_start: bool):
+    if attack == "fgsm":
+        return lambda model, x, y, eps, generator: fgsm(model, x, y, eps)
+    if attack == "pgd":
+        return lambda model, x, y, eps, generator: pgd(
+            model, x, y, eps, steps, step_size, random_start, generator
+        )
+    raise ValueError(f"unknown attack {attack!r}; choose 'fgsm' or 'pgd'")
+
+
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    eps_list: Sequence[float | str] = (),
+    attack: str = "fgsm",
+    *,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    loss: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> Evaluation:
+    r"""One pass over ``data``: clean loss and accuracy, and accuracy under an attack per eps.
+
+    The evaluation loop of the package: :func:`accuracy`,
+    :func:`robust_accuracy` and the per-epoch validation of
+    :func:`deepframe.train.train` are this function. For each batch, in
+    order, the clean logits ``f(x)`` give the arg-max (and, with ``loss``, the
+    cross-entropy ``J(x, y) = -log softmax(f(x))_y``); then, for each eps in
+    the order given, the attack crafts ``x~`` from ``x`` (Eq. 19 for FGSM,
+    :func:`pgd` for PGD; ``eps = 0`` reuses the clean logits) and
+    ``arg max f(x~) = y`` is counted. The model is in eval mode throughout
+    (:func:`eval_mode`); PGD's random starts come from one generator seeded
+    with ``seed``, so the result is reproducible.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier of images in [0, 1].
+    data : DataLoader, Dataset or (x, y) tensors
+        Evaluation data, read in order.
+    eps_list : sequence of float or str
+        Radii in pixel units (strings such as ``"8/255"`` accepted); empty
+        for no attack.
+    attack : {"fgsm", "pgd"}
+        :func:`fgsm` (Eq. 19) or :func:`pgd`.
+    steps, step_size, random_start
+        PGD settings (ignored for FGSM).
+    seed : int
+        Seed of PGD's random starts.
+    loss : bool
+        Also sum the clean cross-entropy (labels must then be class indices
+        below the number of logits).
+    batch_size : int
+        Batch size when ``data`` is a Dataset or a pair of tensors.
+    device : torch.device, optional
+        Where to evaluate; default the model's device.
+
+    Returns
+    -------
+    Evaluation
+        The sums (an empty ``data`` gives zero counts; its means raise
+        ``ValueError``).
+    """
+    eps_values = parse_eps_list(eps_list) if len(eps_list) else []
+    run = _attack_fn(attack, steps, step_size, random_start)
+    device = model_device(model) if device is None else torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    robust = dict.fromkeys(eps_values, 0)
+    loss_sum, correct, count = (0.0 if loss else None), 0, 0
+    with eval_mode(model):
+        for x, y in _batches(data, batch_size, device):
+            with torch.no_grad():
+                logits = model(x)
+            if loss:
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            hits = int((logits.argmax(1) == y).sum())
+            correct += hits
+            for eps in robust:
+                if eps == 0:
+                    robust[eps] += hits
+                    continue
+                x_adv = run(model, x, y, eps, generator)
+                with torch.no_grad():
+                    robust[eps] += int((model(x_adv).argmax(1) == y).sum())
+            count += y.shape[0]
+    return Evaluation(count=count, loss_sum=loss_sum, correct=correct, robust_correct=robust)
+
+
 def accuracy(
     model: nn.Module,
     data: Data,
@@ -251,6 +403,8 @@ def accuracy(
     device: torch.device | str | None = None,
 ) -> float:
     """Share of correctly classified samples (arg-max of the logits), model in eval mode.
+
+    ``evaluate(model, data).accuracy`` (see :func:`evaluate`).
 
     Parameters
     ----------
@@ -263,25 +417,7 @@ def accuracy(
     device : torch.device, optional
         Where to evaluate; default the model's device.
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    correct = total = 0
-    with _eval_mode(model), torch.no_grad():
-        for x, y in _batches(data, batch_size, device):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += y.shape[0]
-    if total == 0:
-        raise ValueError("no samples to evaluate")
-    return correct / total
-
-
-def _attack_fn(attack: str, steps: int, step_size: float | None, random_start: bool):
-    if attack == "fgsm":
-        return lambda model, x, y, eps, generator: fgsm(model, x, y, eps)
-    if attack == "pgd":
-        return lambda model, x, y, eps, generator: pgd(
-            model, x, y, eps, steps, step_size, random_start, generator
-        )
-    raise ValueError(f"unknown attack {attack!r}; choose 'fgsm' or 'pgd'")
+    return evaluate(model, data, batch_size=batch_size, device=device).accuracy
 
 
 def robust_accuracy(
@@ -299,8 +435,10 @@ def robust_accuracy(
 ) -> dict[float, float]:
     """Accuracy under a white-box attack for each eps: ``{eps: accuracy}``.
 
-    ``eps = 0`` gives the clean accuracy. PGD's random starts come from one
-    generator seeded with ``seed``, so the result is reproducible.
+    ``evaluate(model, data, eps_list, attack, ...).robust_accuracy`` (see
+    :func:`evaluate`). ``eps = 0`` gives the clean accuracy. PGD's random
+    starts come from one generator seeded with ``seed``, so the result is
+    reproducible.
 
     Parameters
     ----------
@@ -321,22 +459,18 @@ def robust_accuracy(
     device : torch.device, optional
         Default the model's device.
     """
-    eps_values = parse_eps_list(eps_list)
-    run = _attack_fn(attack, steps, step_size, random_start)
-    device = _model_device(model) if device is None else torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    correct = dict.fromkeys(eps_values, 0)
-    total = 0
-    with _eval_mode(model):
-        for x, y in _batches(data, batch_size, device):
-            for eps in correct:
-                x_eval = x if eps == 0 else run(model, x, y, eps, generator)
-                with torch.no_grad():
-                    correct[eps] += int((model(x_eval).argmax(1) == y).sum())
-            total += y.shape[0]
-    if total == 0:
-        raise ValueError("no samples to evaluate")
-    return {eps: c / total for eps, c in correct.items()}
+    return evaluate(
+        model,
+        data,
+        parse_eps_list(eps_list),
+        attack,
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    ).robust_accuracy
 
 
 # --------------------------------------------------------------------------- audit
@@ -493,7 +627,7 @@ def audit(
     """
     eps_values = sorted(set(parse_eps_list(eps_list)))
     large_eps = parse_eps(large_eps)
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def run_pgd(target: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -510,7 +644,7 @@ def audit(
     }
     clean = large = zero = total = 0
     num_classes = None
-    contexts = [_eval_mode(model)] + ([_eval_mode(twin)] if twin is not None else [])
+    contexts = [eval_mode(model)] + ([eval_mode(twin)] if twin is not None else [])
     with contextlib.ExitStack() as stack:
         for context in contexts:
             stack.enter_context(context)

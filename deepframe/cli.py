@@ -291,13 +291,6 @@ def _torch_model(args):
     return from_torch_args(args.arch, args.from_torch, args.weights, args.input_shape)
 
 
-def _write_json(path: Path, data) -> None:
-    from ._io import atomic_write
-
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 # --------------------------------------------------------------------------- describe
 
 
@@ -512,9 +505,9 @@ def metrics(args) -> int:
         D = dictionary(g, weights=weights).to(torch.float64, device)
         _say(args, f"device {device}, weights of {args.from_torch}, float64")
     elif args.checkpoint:  # the trained weights (and stored architecture), in float64
+        from .checkpoints import architecture_differences, load_model
         from .dictionary import GlobalDictionary
         from .graph import dumps, input_node, validate
-        from .train import _graph_differences, load_model
 
         model = load_model(args.checkpoint, map_location=device)
         stored = model.dictionary()
@@ -522,7 +515,7 @@ def metrics(args) -> int:
         if args.arch is not None:
             given = _graph(args.arch, tuple(g.nodes[input_node(g)]["shape"]))
             if dumps(given) != dumps(g):
-                diff = "; ".join(_graph_differences(dumps(g), dumps(given))[:3])
+                diff = "; ".join(architecture_differences(dumps(g), dumps(given))[:3])
                 raise CommandError(
                     f"{args.checkpoint} stores another architecture than {args.arch!r} ({diff}): "
                     "leave out the architecture to measure the stored one"
@@ -568,7 +561,7 @@ def _iterations(args) -> tuple[int, str]:
 
 def train_command(args) -> int:
     """Train a compiled solver on a dataset; log per epoch, checkpoint, resume."""
-    from .train import CHECKPOINT_NAME
+    from .checkpoints import CHECKPOINT_NAME
 
     iterations, t_text = _iterations(args)
     if args.dataset != "cifar10" and (args.data_dir or args.augment):
@@ -580,11 +573,12 @@ def train_command(args) -> int:
 
     import torch
 
+    from .checkpoints import model_metadata
     from .data import DATASETS, load_dataset
     from .dictionary import check_memory
     from .graph import input_node, validate
     from .pursuit import compile
-    from .train import ResumeMismatchError, model_metadata, resume_state, train
+    from .train import ResumeMismatchError, resume_state, train
 
     device = _device(args)
     info = DATASETS[args.dataset]
@@ -598,13 +592,10 @@ def train_command(args) -> int:
         "iterations": iterations,
         "alpha": args.alpha,
         "beta": args.beta,
-        "num_classes": info.num_classes,
-        "mean": list(info.mean),
-        "std": list(info.std),
+        **info.compile_options(),
         "seed": args.seed,
     }
-    metadata = model_metadata(g, **options)
-    metadata["dataset"] = args.dataset
+    metadata = model_metadata(g, dataset=args.dataset, **options)
     settings = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -718,9 +709,10 @@ def attack_command(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .attacks import accuracy, parse_eps_list, robust_accuracy
+    from ._io import write_json
+    from .attacks import evaluate, parse_eps_list
+    from .checkpoints import load_checkpoint, load_model
     from .data import load_dataset
-    from .train import load_checkpoint, load_model
 
     device = _device(args)
     model = load_model(checkpoint, map_location=device)
@@ -746,10 +738,10 @@ def attack_command(args) -> int:
         f"{args.attack}{steps} at eps {eps_text} on {len(val_set)} {dataset} samples, "
         f"device {device}",
     )
-    clean = accuracy(model, val_set)
     batches = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
     bar = tqdm(batches, desc=f"{args.attack} x {len(eps)} eps", disable=args.quiet, leave=False)
-    accs = robust_accuracy(model, bar, eps, args.attack, steps=args.steps, seed=args.seed)
+    measured = evaluate(model, bar, eps, args.attack, steps=args.steps, seed=args.seed)
+    clean, accs = measured.accuracy, measured.robust_accuracy
     result = {
         "checkpoint": str(checkpoint),
         "attack": args.attack,
@@ -760,7 +752,7 @@ def attack_command(args) -> int:
         "clean": clean,
         "accuracy": {f"{e:.6g}": a for e, a in accs.items()},
     }
-    _write_json(out, result)
+    write_json(out, result, indent=2)
     if args.json:
         print(json.dumps(result))
     else:

@@ -12,6 +12,7 @@ augmentation, shuffling) is a function of an explicit seed.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +63,20 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     eps: str = "8/255"
+
+    def compile_options(self) -> dict:
+        """The options of :func:`deepframe.compile` that the data set decides.
+
+        ``{"num_classes": ..., "mean": [...], "std": [...]}``: the width of the
+        classifier head and the normalisation ``(x - mean) / std`` inside the
+        model. ``deepframe train`` and the reproduction both build their
+        models (and :func:`deepframe.checkpoints.model_metadata`) from it.
+        """
+        return {
+            "num_classes": self.num_classes,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
 
 
 #: Per-dataset constants. Digits: all 1797 images scaled to [0, 1]. CIFAR-10:
@@ -330,8 +345,7 @@ def _numpy_global(module: str, name: str):
     """The numpy object a CIFAR-10 pickle may name (numpy 1 or 2 module layout)."""
     for candidate in (module.replace("numpy.core", "numpy._core"), module):
         try:
-            mod = __import__(candidate, fromlist=[name])
-            return getattr(mod, name)
+            return getattr(importlib.import_module(candidate), name)
         except (ImportError, AttributeError):
             continue
     raise pickle.UnpicklingError(f"{module}.{name} is not available in this numpy")

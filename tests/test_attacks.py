@@ -20,6 +20,7 @@ from deepframe import data
 from deepframe.attacks import (
     accuracy,
     audit,
+    evaluate,
     fgsm,
     parse_eps,
     parse_eps_list,
@@ -323,6 +324,49 @@ def test_accuracy_accepts_loaders_datasets_and_tensors():
     assert fgsm_acc[8 / 255] == pytest.approx(accuracy(model, (x_adv, y)))
     with pytest.raises(ValueError, match="unknown attack"):
         robust_accuracy(model, ds, [0.1], attack="cw")
+
+
+def test_evaluate_sums_equal_a_direct_computation():
+    """One pass of evaluate in batches of 16 against whole-batch torch arithmetic."""
+    model = small_cnn()
+    x, y = _random_batch(50)
+    eps = 8 / 255
+    with torch.no_grad():
+        logits = model(x)
+        loss_sum = float(F.cross_entropy(logits.double(), y, reduction="sum"))
+        correct = int((logits.argmax(1) == y).sum())
+        robust = int((model(fgsm(model, x, y, eps)).argmax(1) == y).sum())
+    result = evaluate(model, (x, y), [0, "8/255"], "fgsm", loss=True, batch_size=16)
+    assert result.count == 50 and result.correct == correct
+    assert result.robust_correct == {0.0: correct, eps: robust}
+    assert result.loss_sum == pytest.approx(loss_sum, rel=1e-5)
+    assert result.loss == pytest.approx(loss_sum / 50, rel=1e-5)
+    assert result.accuracy == correct / 50
+    assert result.robust_accuracy == {0.0: correct / 50, eps: robust / 50}
+    assert evaluate(model, (x, y), batch_size=16).loss_sum is None  # not asked for
+    with pytest.raises(ValueError, match="loss"):
+        _ = evaluate(model, (x, y)).loss
+
+
+def test_evaluate_pgd_is_robust_accuracy_and_reproducible():
+    model = small_cnn()
+    x, y = _random_batch(40)
+    settings = dict(steps=3, seed=5, batch_size=16)
+    first = evaluate(model, (x, y), [0.05, 0.1], "pgd", **settings)
+    again = evaluate(model, (x, y), [0.05, 0.1], "pgd", **settings)
+    assert first == again
+    assert first.robust_accuracy == robust_accuracy(model, (x, y), [0.05, 0.1], "pgd", **settings)
+
+
+def test_evaluate_of_no_samples_counts_zero():
+    model = small_cnn()
+    empty = (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    result = evaluate(model, empty, [0.1])
+    assert result.count == 0 and result.correct == 0 and result.robust_correct == {0.1: 0}
+    with pytest.raises(ValueError, match="no samples"):
+        _ = result.accuracy
+    with pytest.raises(ValueError, match="no samples"):
+        accuracy(model, empty)
 
 
 def test_trained_digits_model_is_accurate(digits_model, digits_val):

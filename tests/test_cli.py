@@ -246,6 +246,17 @@ def test_cli_lists_match_the_library():
     assert METHOD_ITERATIONS["feedforward"] == 0 and METHOD_ITERATIONS["deep"] > 0
 
 
+def test_train_choices_are_the_training_loops_names():
+    """--optimizer and --schedule list exactly what deepframe.train accepts."""
+    from deepframe.cli import build_parser
+    from deepframe.train import OPTIMIZERS, SCHEDULES
+
+    train_parser = build_parser().parse_args(["train", "x"]).subcommands["train"]
+    choices = {a.dest: a.choices for a in train_parser._actions if a.choices}
+    assert list(choices["optimizer"]) == list(OPTIMIZERS)
+    assert list(choices["schedule"]) == [*SCHEDULES, "none"]  # "none" means schedule=None
+
+
 @pytest.mark.parametrize(
     ("eps", "ladder"),
     [("8/255", "1/255,2/255,4/255,8/255"), ("0.1", "0.0125,0.025,0.05,0.1"), ("3/255", None)],

@@ -99,7 +99,7 @@ def test_weights_only_checkpoints_load_and_reproduce_the_clean_accuracy(run):
 
     from deepframe import load_model
     from deepframe.attacks import accuracy
-    from deepframe.experiments.runner import load_data
+    from deepframe.experiments.datasets import load_data
 
     out, _ = run
     record = next(

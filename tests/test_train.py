@@ -22,7 +22,6 @@ from deepframe.train import (
     load_checkpoint,
     load_model,
     model_metadata,
-    save_checkpoint,
     train,
 )
 
@@ -346,37 +345,10 @@ def test_not_a_checkpoint_is_a_clear_error(toy_data, tmp_path, kind):
     assert not marker.exists()
 
 
-def test_missing_checkpoint_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        load_checkpoint(tmp_path / "nothing.pt")
-
-
 def test_load_model_needs_the_architecture(toy_data, tmp_path):
     _run(toy_data, tmp_path, epochs=1)
     with pytest.raises(ValueError, match="architecture"):
         load_model(tmp_path / "ckpt" / CHECKPOINT_NAME)
-
-
-def test_interrupted_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
-
-    def broken_save(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
-
-
-def test_save_checkpoint_refuses_objects_weights_only_cannot_read(tmp_path):
-    with pytest.raises(ValueError, match="checkpoint"):
-        save_checkpoint(tmp_path / "c.pt", {"epoch": 1, "model": {}, "hook": print})
-    assert not (tmp_path / "c.pt").exists()
 
 
 # --------------------------------------------------------------------------- distributed

@@ -9,8 +9,10 @@ the figures and a ``report.md`` with a verdict per claim of the paper.
 =========================  =================================================
 module                     what
 =========================  =================================================
-:mod:`.profiles`           :class:`Profile`, :data:`PROFILES`, the models
-:mod:`.runner`             train / attack / measure one model, resumable
+:mod:`.profiles`           :class:`Profile`, :data:`PROFILES`, the models, their graphs
+:mod:`.datasets`           the fixed, class-stratified data subsets
+:mod:`.runner`             train and attack one model, resumable
+:mod:`.measure`            trace and geometry of a trained model, model selection
 :mod:`.pipeline`           :func:`reproduce`, :func:`merge`, :func:`collect`
 :mod:`.stats`              intervals of accuracies and rank correlations
 :mod:`.claims`             the claims table, computed from the results

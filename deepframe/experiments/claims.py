@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from .profiles import Profile
-from .stats import Interval, combination, mean_interval, spearman, verdict
+from .profiles import Profile, feedforward_base, pursuit_base
+from .stats import Z95, Interval, combination, mean_and_sd, mean_interval, spearman, verdict
 
 __all__ = ["claims_table", "by_base"]
 
@@ -45,16 +45,6 @@ def _combo(groups, key: str, *terms: tuple[float, str]) -> Interval:
 
 def _part(text: str, interval: Interval) -> dict:
     return {"quantity": text, **interval.to_dict()}
-
-
-def _ff(arch: str, n: int) -> str:
-    return f"ff-{'res' if arch == 'resnet' else 'chain'}-n{n}"
-
-
-def _name(family: str, n: int, t: int) -> str:
-    if t == 0:
-        return _ff("resnet" if family == "dpres" else "chain", n)
-    return f"{family}-n{n}-T{t}"
 
 
 def _robustness_claim(cid, text, figure, build) -> dict:
@@ -119,11 +109,10 @@ def _per_image_difference(groups, a: str, b: str) -> Interval:
         return mean_interval([math.fsum(d) / len(d) for d in per_seed])
     d = per_seed[0]
     n = len(d)
-    mean = math.fsum(d) / n
     if n < 2:
-        return Interval(mean, None, None, "one image")
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / (n - 1))
-    half = 1.959963984540054 * sd / math.sqrt(n)
+        return Interval(math.fsum(d) / n, None, None, "one image")
+    mean, sd = mean_and_sd(d)
+    half = Z95 * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, f"paired over {n} images (one seed)")
 
 
@@ -146,6 +135,7 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
         The profile the records come from.
     """
     g = by_base(records)
+    ff, pursuit = feedforward_base, pursuit_base  # base names of the models
     depths = sorted(profile.depths)
     n = profile.pursuit_depth
     ts = sorted(t for t in profile.iterations if t > 0)
@@ -161,8 +151,13 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
             "5",
             lambda key: [
                 (
-                    f"acc({_ff('resnet', deep)}) - acc({_ff('chain', deep)})",
-                    _combo(g, key, (1, _ff("resnet", deep)), (-1, _ff("chain", deep))),
+                    f"acc({ff('resnet', deep)}) - acc({ff('chain', deep)})",
+                    _combo(
+                        g,
+                        key,
+                        (1, ff("resnet", deep)),
+                        (-1, ff("chain", deep)),
+                    ),
                 )
             ],
         )
@@ -176,8 +171,13 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
                 "5",
                 lambda key: [
                     (
-                        f"acc({_ff('resnet', depths[-1])}) - acc({_ff('resnet', depths[0])})",
-                        _combo(g, key, (1, _ff("resnet", depths[-1])), (-1, _ff("resnet", depths[0]))),
+                        f"acc({ff('resnet', depths[-1])}) - acc({ff('resnet', depths[0])})",
+                        _combo(
+                            g,
+                            key,
+                            (1, ff("resnet", depths[-1])),
+                            (-1, ff("resnet", depths[0])),
+                        ),
                     )
                 ],
             )
@@ -190,8 +190,8 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
             "6",
             lambda key: [
                 (
-                    f"acc({_name('dpres', n, t1)}) - acc({_name('lbp', n, t1)})",
-                    _combo(g, key, (1, _name("dpres", n, t1)), (-1, _name("lbp", n, t1))),
+                    f"acc({pursuit('dpres', n, t1)}) - acc({pursuit('lbp', n, t1)})",
+                    _combo(g, key, (1, pursuit("dpres", n, t1)), (-1, pursuit("lbp", n, t1))),
                 )
             ],
         )
@@ -202,29 +202,36 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
             f"DP without skips needs more iterations: its gain from T = 0 to T = {t1} is "
             f"smaller than DP-res's, and DP still gains from T = {t1} to T = {t_max}",
             "6",
-            lambda key: [
-                (
-                    f"[acc({_name('dpres', n, t1)}) - acc({_name('dpres', n, 0)})] - "
-                    f"[acc({_name('dp', n, t1)}) - acc({_name('dp', n, 0)})]",
-                    _combo(
-                        g,
-                        key,
-                        (1, _name("dpres", n, t1)),
-                        (-1, _name("dpres", n, 0)),
-                        (-1, _name("dp", n, t1)),
-                        (1, _name("dp", n, 0)),
-                    ),
-                ),
-            ]
-            + (
+            lambda key: (
                 [
                     (
-                        f"acc({_name('dp', n, t_max)}) - acc({_name('dp', n, t1)})",
-                        _combo(g, key, (1, _name("dp", n, t_max)), (-1, _name("dp", n, t1))),
-                    )
+                        f"[acc({pursuit('dpres', n, t1)}) - acc({pursuit('dpres', n, 0)})] - "
+                        f"[acc({pursuit('dp', n, t1)}) - acc({pursuit('dp', n, 0)})]",
+                        _combo(
+                            g,
+                            key,
+                            (1, pursuit("dpres", n, t1)),
+                            (-1, pursuit("dpres", n, 0)),
+                            (-1, pursuit("dp", n, t1)),
+                            (1, pursuit("dp", n, 0)),
+                        ),
+                    ),
                 ]
-                if t_max > t1
-                else []
+                + (
+                    [
+                        (
+                            f"acc({pursuit('dp', n, t_max)}) - acc({pursuit('dp', n, t1)})",
+                            _combo(
+                                g,
+                                key,
+                                (1, pursuit("dp", n, t_max)),
+                                (-1, pursuit("dp", n, t1)),
+                            ),
+                        )
+                    ]
+                    if t_max > t1
+                    else []
+                )
             ),
         )
     )
@@ -238,11 +245,14 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
                 "accuracy came within 0.02 of its final value",
                 _after_convergence(g, name, log_key, +1, n_val),
             )
-            for label, name in (("DP", _name("dp", n, t_max)), ("L-BP", _name("lbp", n, t_max)))
+            for label, name in (
+                ("DP", pursuit("dp", n, t_max)),
+                ("L-BP", pursuit("lbp", n, t_max)),
+            )
         ] + [
             (
                 "L-TP: robust acc at that epoch minus at the last epoch (it degrades)",
-                _after_convergence(g, _ff("chain", n), log_key, -1, n_val),
+                _after_convergence(g, ff("chain", n), log_key, -1, n_val),
             )
         ]
 
@@ -263,12 +273,12 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
             "8",
             [
                 (
-                    f"err({_name('lbp', n, t_max)}) - err({_name('dp', n, t_max)})",
-                    _per_image_difference(g, _name("lbp", n, t_max), _name("dp", n, t_max)),
+                    f"err({pursuit('lbp', n, t_max)}) - err({pursuit('dp', n, t_max)})",
+                    _per_image_difference(g, pursuit("lbp", n, t_max), pursuit("dp", n, t_max)),
                 ),
                 (
-                    f"err({_name('dp', n, t_max)}) - err({_name('dpres', n, t_max)})",
-                    _per_image_difference(g, _name("dp", n, t_max), _name("dpres", n, t_max)),
+                    f"err({pursuit('dp', n, t_max)}) - err({pursuit('dpres', n, t_max)})",
+                    _per_image_difference(g, pursuit("dp", n, t_max), pursuit("dpres", n, t_max)),
                 ),
             ],
         )
@@ -279,8 +289,8 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
             for other in ("dp", "lbp"):
                 geometry_parts.append(
                     (
-                        f"{label}({_name(other, n, t)}) - {label}({_name('dpres', n, t)})",
-                        _geometry_difference(g, _name(other, n, t), _name("dpres", n, t), key),
+                        f"{label}({pursuit(other, n, t)}) - {label}({pursuit('dpres', n, t)})",
+                        _geometry_difference(g, pursuit(other, n, t), pursuit("dpres", n, t), key),
                     )
                 )
     one_seed = len(next(iter(g.values()))) < 2

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .._io import atomic_write
 from .claims import by_base
-from .profiles import FAMILIES
-from .stats import spearman, wilson
+from .profiles import FAMILIES, adversarial_base, feedforward_base, pursuit_base
+from .stats import mean_and_sd, spearman, wilson
 
 __all__ = ["all_figures"]
 
@@ -43,10 +43,10 @@ def _save(fig, path: Path) -> None:
 def _stat(runs: list[dict], key: str, accuracy: bool = True) -> dict:
     """Mean and error bar of ``key`` over the seeds of one configuration."""
     values = [float(r[key]) for r in runs]
-    mean = math.fsum(values) / len(values)
     if len(values) >= 2:
-        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        mean, sd = mean_and_sd(values)
         return {"mean": mean, "low": mean - sd, "high": mean + sd, "values": values}
+    mean = values[0]
     if accuracy:
         iv = wilson(mean, runs[0]["eval_images"])
         return {"mean": mean, "low": iv.low, "high": iv.high, "values": values}
@@ -80,18 +80,8 @@ def _title(summary: dict) -> str:
     return f"{p['dataset']}, profile {p['name']!r}, eps = {p['eps']}, PGD-{p['pgd_steps']}"
 
 
-def _ff(arch: str, n: int) -> str:
-    return f"ff-{'res' if arch == 'resnet' else 'chain'}-n{n}"
-
-
-def _family_name(family: str, n: int, t: int) -> str:
-    if t == 0:
-        return _ff("resnet" if family == "dpres" else "chain", n)
-    return f"{family}-n{n}-T{t}"
-
-
 def _adversarial(groups, profile) -> list[dict] | None:
-    return groups.get(f"adv-res-n{profile['pursuit_depth']}")
+    return groups.get(adversarial_base(profile["pursuit_depth"]))
 
 
 def figure5(summary, groups, out: Path) -> dict:
@@ -104,7 +94,7 @@ def figure5(summary, groups, out: Path) -> dict:
     adv = _adversarial(groups, p)
     for ax, (key, label) in zip(axes, PANELS):
         for arch, marker in (("resnet", "o"), ("chain", "s")):
-            stats = [_stat(groups[_ff(arch, n)], key) for n in depths]
+            stats = [_stat(groups[feedforward_base(arch, n)], key) for n in depths]
             numbers.setdefault(arch, {})[key] = stats
             _errorbar(ax, layers, stats, marker=marker, label=arch)
         if adv:
@@ -116,8 +106,9 @@ def figure5(summary, groups, out: Path) -> dict:
         ax.set_xlabel("layers (6n + 2)")
         ax.set_title(f"{label} accuracy", fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Fig. 5 (feed-forward): {_title(summary)}; {_bars_note(len(summary['seeds']))}",
-                 fontsize=8)
+    fig.suptitle(
+        f"Fig. 5 (feed-forward): {_title(summary)}; {_bars_note(len(summary['seeds']))}", fontsize=8
+    )
     _save(fig, out / "fig5.png")
     return numbers
 
@@ -132,19 +123,27 @@ def figure6(summary, groups, out: Path) -> dict:
     adv = _adversarial(groups, p)
     for ax, (key, label) in zip(axes, PANELS):
         for family, legend in FAMILIES.items():
-            stats = [_stat(groups[_family_name(family, n, t)], key) for t in ts]
+            stats = [_stat(groups[pursuit_base(family, n, t)], key) for t in ts]
             numbers.setdefault(legend, {})[key] = stats
             _errorbar(ax, ts, stats, marker="o", label=legend)
         if adv:
-            ax.axhline(_stat(adv, key)["mean"], ls="--", c="grey", lw=1,
-                       label="ResNet + FGSM adv. training")
+            ax.axhline(
+                _stat(adv, key)["mean"],
+                ls="--",
+                c="grey",
+                lw=1,
+                label="ResNet + FGSM adv. training",
+            )
         ax.set_xticks(ts)
         ax.set_xlabel("iterations T (ours; feed-forward = 0)")
         ax.set_title(f"{label} accuracy", fontsize=9)
         _paper_axis(ax, ts)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Fig. 6 (n = {n}): {_title(summary)}; {_bars_note(len(summary['seeds']))}",
-                 fontsize=8, y=1.08)
+    fig.suptitle(
+        f"Fig. 6 (n = {n}): {_title(summary)}; {_bars_note(len(summary['seeds']))}",
+        fontsize=8,
+        y=1.08,
+    )
     _save(fig, out / "fig6.png")
     return numbers
 
@@ -161,12 +160,20 @@ def _mean_curve(runs: list[dict], key: str) -> list[float | None]:
 def figure7(summary, groups, out: Path) -> dict:
     p = summary["profile"]
     n, t = p["pursuit_depth"], max(p["iterations"])
-    chosen = {"L-TP": _ff("chain", n), "L-BP": f"lbp-n{n}-T{t}", "DP": f"dp-n{n}-T{t}"}
+    chosen = {
+        "L-TP": feedforward_base("chain", n),
+        "L-BP": pursuit_base("lbp", n, t),
+        "DP": pursuit_base("dp", n, t),
+    }
     numbers = {"T": t, "models": chosen}
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
-    keys = (("train_acc", "-", "train"), ("val_acc", "--", "val clean"),
-            ("val_fgsm_acc", ":", "val FGSM"), ("val_pgd_acc", "-.", "val PGD"))
+    keys = (
+        ("train_acc", "-", "train"),
+        ("val_acc", "--", "val clean"),
+        ("val_fgsm_acc", ":", "val FGSM"),
+        ("val_pgd_acc", "-.", "val PGD"),
+    )
     for ax, (label, base) in zip(axes, chosen.items()):
         runs = groups[base]
         epochs = list(range(1, min(len(r["curve"]) for r in runs) + 1))
@@ -192,16 +199,21 @@ def figure7(summary, groups, out: Path) -> dict:
 def figure8(summary, groups, out: Path) -> dict:
     p = summary["profile"]
     n, t = p["pursuit_depth"], max(p["iterations"])
-    numbers = {"T": t, "quantity": "mean over images of ||r||^2 / ||target||^2 of the terms a "
-               "node synthesises (Trace.node_errors), mean over seeds"}
+    numbers = {
+        "T": t,
+        "quantity": "mean over images of ||r||^2 / ||target||^2 of the terms a "
+        "node synthesises (Trace.node_errors), mean over seeds",
+    }
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
     for ax, (family, label) in zip(axes, FAMILIES.items()):
-        runs = groups[_family_name(family, n, t)]
+        runs = groups[pursuit_base(family, n, t)]
         nodes = runs[0]["trace"]["node_errors"]
         curves = {
-            j: [math.fsum(r["trace"]["node_errors"][j][i] for r in runs) / len(runs)
-                for i in range(len(nodes[j]))]
+            j: [
+                math.fsum(r["trace"]["node_errors"][j][i] for r in runs) / len(runs)
+                for i in range(len(nodes[j]))
+            ]
             for j in nodes
         }
         numbers[label] = curves
@@ -226,7 +238,7 @@ def _geometry_figure(summary, groups, out: Path, number: int, key: str, ylabel: 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for family, legend in FAMILIES.items():
-        stats = [_stat(groups[_family_name(family, n, t)], key, accuracy=False) for t in ts]
+        stats = [_stat(groups[pursuit_base(family, n, t)], key, accuracy=False) for t in ts]
         numbers[legend] = stats
         _errorbar(ax, ts, stats, marker="o", label=legend)
     ax.set_xticks(ts)
@@ -235,8 +247,11 @@ def _geometry_figure(summary, groups, out: Path, number: int, key: str, ylabel: 
     _paper_axis(ax, ts)
     ax.legend(fontsize=7)
     seeds = len(summary["seeds"])
-    ax.set_title(f"Fig. {number}: {p['dataset']}, profile {p['name']!r}, n = {n}"
-                 + (f", mean +-1 sd of {seeds} seeds" if seeds > 1 else ", one seed"), fontsize=8)
+    ax.set_title(
+        f"Fig. {number}: {p['dataset']}, profile {p['name']!r}, n = {n}"
+        + (f", mean +-1 sd of {seeds} seeds" if seeds > 1 else ", one seed"),
+        fontsize=8,
+    )
     _save(fig, out / f"fig{number}.png")
     return numbers
 
@@ -250,16 +265,23 @@ def figure_selection(summary, out: Path) -> dict:
     for family, marker in markers.items():
         pts = [e for e in entries if e["family"] == family]
         if pts:
-            ax.scatter([e["min_dfp"] for e in pts], [e["val_error"] for e in pts],
-                       marker=marker, label=family)
+            ax.scatter(
+                [e["min_dfp"] for e in pts],
+                [e["val_error"] for e in pts],
+                marker=marker,
+                label=family,
+            )
         for e in pts:
             ax.annotate(e["arch"], (e["min_dfp"], e["val_error"]), fontsize=6)
     ax.set_xscale("log")
     ax.set_xlabel("minimum deep frame potential (no data)")
     ax.set_ylabel("validation error after training")
     ax.legend(fontsize=7)
-    ax.set_title(f"Dataless model selection: Spearman rho = {rho.value:+.2f} "
-                 f"[{_fmt(rho.low)}, {_fmt(rho.high)}]", fontsize=8)
+    ax.set_title(
+        f"Dataless model selection: Spearman rho = {rho.value:+.2f} "
+        f"[{_fmt(rho.low)}, {_fmt(rho.high)}]",
+        fontsize=8,
+    )
     _save(fig, out / "fig_selection.png")
     return {"spearman": rho.to_dict(), "entries": entries}
 
@@ -273,8 +295,9 @@ def figure_geometry_robustness(summary, out: Path) -> dict:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(8, 6))
     numbers = {}
-    for row, (geo, label) in enumerate((("deep_frame_potential", "deep frame potential"),
-                                        ("mutual_coherence", "mutual coherence"))):
+    for row, (geo, label) in enumerate(
+        (("deep_frame_potential", "deep frame potential"), ("mutual_coherence", "mutual coherence"))
+    ):
         for col, (key, attack) in enumerate((("fgsm_acc", "FGSM"), ("pgd_acc", "PGD"))):
             ax = axes[row][col]
             xs = [r[geo] for r in models]
@@ -283,14 +306,16 @@ def figure_geometry_robustness(summary, out: Path) -> dict:
             numbers[f"{geo}/{key}"] = rho.to_dict()
             for method, marker in (("feedforward", "o"), ("layered", "s"), ("deep", "^")):
                 pts = [r for r in models if r["method"] == method]
-                ax.scatter([r[geo] for r in pts], [r[key] for r in pts], marker=marker,
-                           label=method, s=18)
+                ax.scatter(
+                    [r[geo] for r in pts], [r[key] for r in pts], marker=marker, label=method, s=18
+                )
             ax.set_xlabel(label, fontsize=8)
             ax.set_ylabel(f"{attack} accuracy", fontsize=8)
             ax.set_title(f"rho = {rho.value:+.2f} [{_fmt(rho.low)}, {_fmt(rho.high)}]", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Geometry vs robustness over {len(models)} trained models: {_title(summary)}",
-                 fontsize=8)
+    fig.suptitle(
+        f"Geometry vs robustness over {len(models)} trained models: {_title(summary)}", fontsize=8
+    )
     fig.tight_layout()
     _save(fig, out / "fig_geometry_robustness.png")
     return numbers
@@ -304,10 +329,10 @@ def all_figures(summary: dict, out: Path) -> dict:
         "fig6": figure6(summary, groups, out),
         "fig7": figure7(summary, groups, out),
         "fig8": figure8(summary, groups, out),
-        "fig9": _geometry_figure(summary, groups, out, 9, "deep_frame_potential",
-                                 "deep frame potential"),
-        "fig10": _geometry_figure(summary, groups, out, 10, "mutual_coherence",
-                                  "mutual coherence"),
+        "fig9": _geometry_figure(
+            summary, groups, out, 9, "deep_frame_potential", "deep frame potential"
+        ),
+        "fig10": _geometry_figure(summary, groups, out, 10, "mutual_coherence", "mutual coherence"),
         "selection": figure_selection(summary, out),
         "geometry_robustness": figure_geometry_robustness(summary, out),
     }

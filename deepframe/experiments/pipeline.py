@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from .._io import read_json, write_json
+from .measure import MEASURE_VERSION, measure_model, select_architecture
 from .profiles import PROFILES, Profile, model_specs, select_shard
-from .runner import measure_model, read_json, run_model, select_architecture, write_json
+from .runner import run_model
 
 __all__ = ["reproduce", "merge", "parse_shard", "collect"]
 
@@ -269,7 +271,6 @@ def collect(
     from tqdm.auto import tqdm
 
     from . import claims, figures, report
-    from .runner import MEASURE_VERSION
 
     prof = _profile(profile)
     out = Path(out_dir)

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PROFILES", "FAMILIES", "Profile", "ModelSpec", "model_specs", "select_shard"]
+__all__ = [
+    "PROFILES",
+    "FAMILIES",
+    "Profile",
+    "ModelSpec",
+    "adversarial_base",
+    "build_graph",
+    "feedforward_base",
+    "model_specs",
+    "pursuit_base",
+    "select_shard",
+]
 
 #: Display names of the solver families of Figs. 6-10, as in the paper's legends.
 FAMILIES = {"lbp": "L-BP", "dp": "DP", "dpres": "DP-res"}
@@ -288,10 +299,31 @@ def _spec(base: str, seed: int, **fields) -> ModelSpec:
     return ModelSpec(name=f"{base}-seed{seed}", base=base, seed=seed, **fields)
 
 
-def _feedforward(arch: str, depth: int, seed: int, curve: bool = False) -> ModelSpec:
+def feedforward_base(arch: str, depth: int) -> str:
+    """Base name of a feed-forward model: ``ff-res-n1``, ``ff-chain-n2``, ``ff-dense-l3``."""
     prefix = "l" if arch == "densenet" else "n"
+    return f"ff-{_SHORT[arch]}-{prefix}{depth}"
+
+
+def pursuit_base(family: str, depth: int, t: int) -> str:
+    """Base name of ``family`` (lbp, dp, dpres) at our ``T = t``: ``dp-n1-T2``.
+
+    ``t = 0`` is the feed-forward model of the family's graph (the ResNet for
+    DP-res, the chain twin otherwise).
+    """
+    if t == 0:
+        return feedforward_base("resnet" if family == "dpres" else "chain", depth)
+    return f"{family}-n{depth}-T{t}"
+
+
+def adversarial_base(depth: int) -> str:
+    """Base name of the adversarially trained feed-forward ResNet: ``adv-res-n1``."""
+    return f"adv-res-n{depth}"
+
+
+def _feedforward(arch: str, depth: int, seed: int, curve: bool = False) -> ModelSpec:
     return _spec(
-        f"ff-{_SHORT[arch]}-{prefix}{depth}",
+        feedforward_base(arch, depth),
         seed,
         arch=arch,
         depth=depth,
@@ -308,7 +340,7 @@ def pursuit_spec(family: str, depth: int, t: int, seed: int, curve: bool = False
         return _feedforward(arch, depth, seed, curve)
     method = "layered" if family == "lbp" else "deep"
     return _spec(
-        f"{family}-n{depth}-T{t}",
+        pursuit_base(family, depth, t),
         seed,
         arch=arch,
         depth=depth,
@@ -323,7 +355,7 @@ def adversarial_spec(profile: Profile, seed: int) -> ModelSpec:
     """The FGSM-adversarially-trained feed-forward ResNet (the non-architectural baseline)."""
     n = profile.pursuit_depth
     return _spec(
-        f"adv-res-n{n}",
+        adversarial_base(n),
         seed,
         arch="resnet",
         depth=n,
@@ -356,13 +388,35 @@ def model_specs(profile: Profile, seeds: tuple[int, ...] | None = None) -> list[
             specs.append(adversarial_spec(profile, seed))
         for family in FAMILIES:
             for t in profile.iterations:
-                specs.append(pursuit_spec(family, n, t, seed, curve=family != "dpres" and t == t_max))
+                specs.append(
+                    pursuit_spec(family, n, t, seed, curve=family != "dpres" and t == t_max)
+                )
     unique: dict[str, ModelSpec] = {}
     for s in specs:
         if s.name in unique and s.curve and not unique[s.name].curve:
             unique[s.name] = s
         unique.setdefault(s.name, s)
     return list(unique.values())
+
+
+def build_graph(spec: ModelSpec, profile: Profile, input_shape):
+    """The architecture of a model spec: a 6n+2 ResNet, its chain twin, or a DenseNet.
+
+    Stage widths and batch norm come from the profile, the input shape from
+    the data set.
+    """
+    from ..graph import densenet, resnet
+
+    shape = tuple(input_shape)
+    if spec.arch == "densenet":
+        return densenet(shape, spec.depth, widths=profile.widths, batchnorm=profile.batchnorm)
+    return resnet(
+        shape,
+        spec.depth,
+        widths=profile.widths,
+        skips=spec.skips,
+        batchnorm=profile.batchnorm,
+    )
 
 
 def select_shard(specs: list[ModelSpec], shard: tuple[int, int] | None) -> list[ModelSpec]:

@@ -7,11 +7,15 @@ from pathlib import Path
 
 from .._io import atomic_write
 from .claims import by_base
+from .stats import mean_and_sd
 
 __all__ = ["write_report", "claims_markdown"]
 
-VERDICT = {"supported": "supported", "contradicted": "**contradicted**",
-           "inconclusive": "inconclusive at this scale"}
+VERDICT = {
+    "supported": "supported",
+    "contradicted": "**contradicted**",
+    "inconclusive": "inconclusive at this scale",
+}
 
 
 def _f(v, digits: int = 3) -> str:
@@ -44,6 +48,14 @@ def claims_markdown(claims: list[dict]) -> list[str]:
     return lines
 
 
+def _cell(runs: list[dict], key: str, digits: int = 3) -> str:
+    """``key`` of one configuration: its value (one seed) or mean +- sd over the seeds."""
+    if len(runs) == 1:
+        return _f(runs[0][key], digits)
+    mean, sd = mean_and_sd([r[key] for r in runs])
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
+
+
 def _models_table(summary: dict) -> list[str]:
     lines = [
         "| model | method | skips | n | T (ours) | adv. training | seeds | train acc | clean | "
@@ -52,23 +64,20 @@ def _models_table(summary: dict) -> list[str]:
     ]
     for base, runs in sorted(by_base(summary["models"]).items()):
         r0 = runs[0]
-
-        def mean(key):
-            return math.fsum(r[key] for r in runs) / len(runs)
-
-        def cell(key, digits=3):
-            if len(runs) == 1:
-                return _f(runs[0][key], digits)
-            values = [r[key] for r in runs]
-            m = mean(key)
-            sd = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
-            return f"{m:.{digits}f} +- {sd:.{digits}f}"
-
+        cells = " | ".join(
+            _cell(runs, key, digits)
+            for key, digits in (
+                ("train_acc", 3),
+                ("clean_acc", 3),
+                ("fgsm_acc", 3),
+                ("pgd_acc", 3),
+                ("mutual_coherence", 3),
+                ("deep_frame_potential", 5),
+            )
+        )
         lines.append(
             f"| {base} | {r0['method']} | {r0['skips']} | {r0['depth']} | {r0['iterations']} | "
-            f"{r0['adversarial_training']} | {len(runs)} | {cell('train_acc')} | "
-            f"{cell('clean_acc')} | {cell('fgsm_acc')} | {cell('pgd_acc')} | "
-            f"{cell('mutual_coherence')} | {cell('deep_frame_potential', 5)} |"
+            f"{r0['adversarial_training']} | {len(runs)} | {cells} |"
         )
     return lines
 
@@ -130,12 +139,13 @@ def write_report(summary: dict, out: Path) -> str:
         f"- attacks: FGSM (Eq. 19) and PGD (L-inf, {pgd['steps']} steps of "
         f"{pgd['step_size']:.4g}, random start) at eps = {p['eps']} ({eps:.4f}) in pixel "
         "units of [0, 1] images, white-box through every pursuit iteration",
-        f"- geometry: float64, exact structured computation on each trained model's "
+        "- geometry: float64, exact structured computation on each trained model's "
         "dictionary (batch norm folded as the solver solves it in eval mode)",
         f"- model selection: minimum deep frame potential after {p['selection_steps']} Adam "
         f"steps (lr {p['selection_lr']}) from seeded random weights, no data",
-        f"- models: {len(summary['models'])}; summed training time {summary['train_seconds'] / 60:.1f} "
-        f"min; wall time of the training calls {minutes:.1f} min "
+        f"- models: {len(summary['models'])}; summed training time "
+        f"{summary['train_seconds'] / 60:.1f} min; wall time of the training calls "
+        f"{minutes:.1f} min "
         f"({len(summary['runs'])} call(s); jobs x threads: "
         f"{sorted({(r['jobs'], r['threads_per_job']) for r in summary['runs']})}), then "
         f"{summary['collect_seconds'] / 60:.1f} min to measure, select and report",

@@ -22,14 +22,17 @@ import math
 from collections.abc import Sequence
 
 __all__ = [
+    "Z95",
     "Interval",
     "wilson",
     "combination",
+    "mean_and_sd",
     "mean_interval",
     "spearman",
     "verdict",
 ]
 
+#: The 0.975 quantile of the standard normal distribution (two-sided 95%).
 Z95 = 1.959963984540054
 
 
@@ -78,14 +81,26 @@ def _t_quantile(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
+def mean_and_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation ``sqrt(sum_i (v_i - mean)^2 / (n - 1))``.
+
+    Sums with :func:`math.fsum`. Needs at least two values.
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a sample standard deviation needs two values or more, got {n}")
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
 def mean_interval(values: Sequence[float]) -> Interval:
     """Mean and Student's t 95% interval over repeated runs (None with one run)."""
     values = [float(v) for v in values]
     s = len(values)
-    mean = math.fsum(values) / s
     if s < 2:
-        return Interval(mean, None, None, "one run")
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (s - 1))
+        return Interval(math.fsum(values) / s, None, None, "one run")
+    mean, sd = mean_and_sd(values)
     half = _t_quantile(s - 1) * sd / math.sqrt(s)
     return Interval(mean, mean - half, mean + half, f"t over {s} seeds")
 
