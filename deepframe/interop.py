@@ -1,8 +1,10 @@
-"""Import trained PyTorch models as architecture graphs with their weights (SPEC §10).
+"""Import trained PyTorch models as architecture graphs with their weights.
+
+See docs/bring-your-own-model.md for the reading rules and the supported subset.
 
 :func:`from_torch` traces a model with ``torch.fx`` (symbolic tracing, then
 shape propagation on an example input) and reads it as the edge-centric graph
-of SPEC §2:
+of docs/concepts.md:
 
 * every ReLU output is an activation node ``w_j = ReLU(a_j - lambda_j)``;
 * every conv / linear map between ReLUs is an edge ``k -> j`` whose weight is
@@ -462,7 +464,7 @@ def _conv_weight(t: _Term, size: int) -> torch.Tensor:
 
 
 def _edge(t: _Term) -> tuple[dict, torch.Tensor | None]:
-    """Edge attributes and weight of a term (SPEC §2 ops)."""
+    """Edge attributes and weight of a term (the edge kinds of :mod:`deepframe.ops`)."""
     if t.op == "conv":
         k = t.weight.shape[-1]
         attrs = {"op": "conv", "kernel_size": int(k), "padding": int(t.padding)}
@@ -636,7 +638,7 @@ def from_torch(
     batchnorm: str = "fold",
     check: bool = True,
 ) -> tuple[nx.DiGraph, dict[str, torch.Tensor]]:
-    """An architecture graph and its weights from a PyTorch model (SPEC §10).
+    """An architecture graph and its weights from a PyTorch model.
 
     The model is traced with ``torch.fx.symbolic_trace`` and its shapes
     propagated on ``example_input``; it is read in eval mode (running batch-norm

@@ -652,7 +652,7 @@ def compile(
     negative_bias : {"error", "clip"}
         What a pursuit (``"layered"`` / ``"deep"`` with ``iterations > 0``) does
         with ``lambda_j < 0`` in ``weights`` (a trained network's positive
-        biases; they make F unbounded below, SPEC §4): ``"error"`` refuses them
+        biases; they make F unbounded below): ``"error"`` refuses them
         (ValueError naming the nodes); ``"clip"`` projects every lambda onto
         ``[0, inf)``, ``lambda_j <- max(lambda_j, 0)`` per channel (for a
         batch-norm node ``lambda_j`` is minus the batch norm's shift ``beta``).
@@ -754,7 +754,7 @@ def _imported_weights(g, weights, iterations: int, negative_bias: str):
             more = f" and {len(negative) - 3} more nodes" if len(negative) > 3 else ""
             raise ValueError(
                 f"compile: lambda < 0 (a positive bias of the imported network) at nodes "
-                f"{listed}{more}: the pursuit objective F is unbounded below then (SPEC §4). "
+                f"{listed}{more}: the pursuit objective F is unbounded below then. "
                 "Compile method='feedforward' (exact), or pass negative_bias='clip' to project "
                 "lambda onto [0, inf) (docs/bring-your-own-model.md)"
             )
