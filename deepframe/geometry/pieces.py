@@ -1,0 +1,282 @@
+"""Column pieces ``D_t[a]``: one term's column block at one node, as the structured Gram sees it.
+
+docs/geometry.md, section 3, "Pieces". The Gram is ``G = sum_t D_t^T D_t``
+over the terms ``t`` (row blocks) of the global dictionary, and a term's
+columns at node ``a`` are ``D_t[a] = A_t^T`` for its synthesis node and
+``D_t[a] = -P_ta`` for a target. A *convolution-like* piece (both sides
+``(C, H, W)`` maps; operator conv, 1x1 projection, option-A shortcut or
+identity) is described by
+
+* a channel map: the learned kernel ``K[c, i, alpha, beta]`` (``c`` a channel
+  of node ``a``, ``i`` one of the residual) or a 0/1 selection ``sel[c]``
+  (the residual channel of node channel ``c``, or -1), and
+* per axis, a 0/1 incidence ``u(y, alpha)``: the residual row that atom
+  position ``y`` reaches through tap ``alpha``, or -1 (zero padding),
+
+so that atom ``(c, y, x)`` is ``sum_{i, alpha, beta} K[c, i, alpha, beta]
+e_{i, u(y, alpha), v(x, beta)}``. Every other piece (a vector activation, a
+``Dense`` operator) is evaluated row by row through its operator.
+
+The kind of an edge is read in two places only, :func:`tap_structure` and
+:func:`support_operator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import ops
+
+__all__ = ["Piece", "TapStructure", "make_piece", "tap_structure", "support_operator"]
+
+
+# --------------------------------------------------------------------------
+# edge-kind dispatch
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TapStructure:
+    """How a convolution-like operator reaches the residual, per axis.
+
+    Attributes
+    ----------
+    learned : bool
+        The channel map is the operator's learned kernel (a conv, or a 1x1
+        projection, which is a conv); otherwise it is :attr:`selection`.
+    kernel_size : tuple of int
+        ``(kh, kw)``: taps per axis (1 for a selection).
+    stride, padding : int
+        Of the forward operator ``A`` (or ``P``), the same along both axes.
+    selection : numpy.ndarray or None
+        For a parameter-free operator (identity, shortcut): the residual
+        channel of every node channel, or -1 for a channel mapped nowhere.
+    """
+
+    learned: bool
+    kernel_size: tuple
+    stride: int
+    padding: int
+    selection: np.ndarray | None = None
+
+
+def tap_structure(
+    op: ops.Operator, role: str, node_shape: tuple, res_shape: tuple
+) -> TapStructure | None:
+    """The per-axis tap structure of one piece's operator, or ``None`` if it has none.
+
+    Parameters
+    ----------
+    op : deepframe.ops.Operator
+        The piece's operator without its channel scale.
+    role : ``"synth"`` or ``"target"``
+        Whether the piece is ``A^T`` (synthesis) or ``-P`` (target).
+    node_shape, res_shape : tuple
+        Shapes of the node's activation and of the term's residual.
+
+    Returns
+    -------
+    TapStructure or None
+        ``None`` when the piece is not convolution-like (a vector side, a
+        ``Dense`` operator): such pieces are evaluated row by row.
+    """
+    if len(node_shape) != 3 or len(res_shape) != 3 or isinstance(op, ops.Dense):
+        return None
+    if isinstance(op, ops.Conv):
+        return TapStructure(True, tuple(op.kernel_size), op.stride, op.padding)
+    if isinstance(op, ops.Identity):
+        return TapStructure(False, (1, 1), 1, 0, np.arange(node_shape[0]))
+    if isinstance(op, ops.Shortcut):
+        shift = -op.pad_before if role == "synth" else op.pad_before
+        selection = np.arange(node_shape[0]) + shift
+        inside = (selection >= 0) & (selection < res_shape[0])
+        return TapStructure(False, (1, 1), op.stride, 0, np.where(inside, selection, -1))
+    return None  # pragma: no cover - every operator kind is handled above
+
+
+def support_operator(op: ops.Operator) -> ops.Operator:
+    """The same operator with every learned weight replaced by 1 (float64).
+
+    Its entries are nonzero exactly where the architecture allows a nonzero
+    (the support pattern used by the structural counts and the bounds).
+    """
+    ones = torch.ones(op.weight.shape, dtype=torch.float64, device=op.weight.device)
+    if isinstance(op, ops.Conv):
+        return ops.Conv(ones, op.in_shape, stride=op.stride, padding=op.padding)
+    return ops.Dense(ones, op.in_shape)
+
+
+# --------------------------------------------------------------------------
+# pieces
+# --------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Piece:
+    """Column block ``D_t[a]`` of term ``t`` at node ``a``.
+
+    Synthesis (``role="synth"``): ``D_t[a] = A_t^T``; target: ``D_t[a] = -P_ta``.
+
+    Attributes
+    ----------
+    term : int
+        Index of the term in ``GlobalDictionary.terms``.
+    node : hashable
+        The activation node ``a``.
+    role : ``"synth"`` or ``"target"``
+    op : deepframe.ops.Operator
+        The term's operator as compiled (a :class:`deepframe.ops.Scaled` one
+        for a batch-norm folded synthesis block).
+    node_shape, res_shape : tuple
+        Shapes of node ``a``'s activation and of the term's residual.
+    conv_like : bool
+        Described by a channel map and per-axis incidences (module docstring);
+        otherwise evaluated through :meth:`column` and :meth:`transpose`.
+    learned : bool
+        Convolution-like with a learned kernel (else a channel selection).
+    kernel_size : tuple of int
+        ``(kh, kw)`` taps per axis of a convolution-like piece.
+    incidence : tuple of numpy.ndarray
+        ``(u, v)``: per axis, ``u[y, alpha]`` the residual index that atom
+        position ``y`` reaches through tap ``alpha``, or -1.
+    selection : numpy.ndarray or None
+        Residual channel of every node channel (-1: none), parameter-free pieces.
+    scale : torch.Tensor or None
+        Per node channel: the batch-norm scale ``S`` of a synthesis block ``B S``.
+    """
+
+    term: int
+    node: Any
+    role: str
+    op: ops.Operator
+    node_shape: tuple
+    res_shape: tuple
+    conv_like: bool = False
+    learned: bool = False
+    kernel_size: tuple = (1, 1)
+    incidence: tuple = ()
+    selection: np.ndarray | None = None
+    scale: torch.Tensor | None = None
+
+    @property
+    def base(self) -> ops.Operator:
+        """The operator without its channel scale (:class:`deepframe.ops.Scaled`)."""
+        return self.op.inner if isinstance(self.op, ops.Scaled) else self.op
+
+    @property
+    def sign(self) -> float:
+        """``+1`` for a synthesis block ``A^T``, ``-1`` for a target block ``-P``."""
+        return 1.0 if self.role == "synth" else -1.0
+
+    @property
+    def parametrised(self) -> bool:
+        """Whether the operator has learned weights (else its entries are constants)."""
+        return self.base.weight is not None
+
+    def column(self, e: torch.Tensor) -> torch.Tensor:
+        """``D_t[a] e`` for a batch ``(B, *node_shape)`` -> ``(B, *res_shape)``."""
+        return self.op.adjoint(e) if self.role == "synth" else -self.op.forward(e)
+
+    def transpose(self, r: torch.Tensor) -> torch.Tensor:
+        """``D_t[a]^T r`` for a batch ``(B, *res_shape)`` -> ``(B, *node_shape)``."""
+        return self.op.forward(r) if self.role == "synth" else -self.op.adjoint(r)
+
+    def kernel(self) -> torch.Tensor:
+        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale)."""
+        weight = self.base.weight
+        if self.role != "synth":
+            return weight.transpose(0, 1)
+        if self.scale is None:
+            return weight
+        return weight * self.scale.to(weight).reshape(-1, 1, 1, 1)
+
+    def support_piece(self) -> Piece:
+        """The same piece with every learned weight replaced by 1 and no channel scale.
+
+        Float64; its entries are nonzero where the architecture allows (the
+        support patterns of the structural counts and the bounds).
+        """
+        if not self.parametrised:
+            if self.scale is None:
+                return self
+            return dataclasses.replace(self, op=self.base, scale=None)
+        return dataclasses.replace(self, op=support_operator(self.base), scale=None)
+
+
+def incidence_table(
+    size: int, res_size: int, taps: int, stride: int, padding: int, transposed: bool
+) -> np.ndarray:
+    """``u[y, alpha]``: the residual index atom position ``y`` reaches through tap ``alpha``.
+
+    ``transposed`` (synthesis block ``A^T`` of ``A = conv(stride, padding)``):
+    ``u = y s - p + alpha``. Otherwise (target block ``P = conv``): the ``u``
+    with ``u s - p + alpha = y``, when divisible (a strided forward map skips
+    positions). Indices outside ``[0, res_size)`` are zero padding: -1.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(size, taps)`` integers, -1 where the tap is dropped.
+    """
+    position = np.arange(size)[:, None]
+    tap = np.arange(taps)[None, :]
+    if transposed:
+        row = position * stride - padding + tap
+        valid = np.ones_like(row, dtype=bool)
+    else:
+        numerator = position + padding - tap
+        valid = numerator % stride == 0
+        row = numerator // stride
+    valid &= (row >= 0) & (row < res_size)
+    return np.where(valid, row, -1)
+
+
+def make_piece(term: int, node: Any, role: str, op: ops.Operator) -> Piece:
+    """The piece ``D_t[a]`` of term ``term`` at ``node`` with operator ``op``.
+
+    Parameters
+    ----------
+    term : int
+        Index of the term.
+    node : hashable
+        The node (the term's synthesis node, or one of its targets).
+    role : ``"synth"`` or ``"target"``
+    op : deepframe.ops.Operator
+        The term's synthesis operator ``A_t`` or the target's ``P_ta``.
+
+    Returns
+    -------
+    Piece
+    """
+    if role == "synth":
+        node_shape, res_shape = tuple(op.out_shape), tuple(op.in_shape)
+    else:
+        node_shape, res_shape = tuple(op.in_shape), tuple(op.out_shape)
+    scale = None
+    base = op
+    if isinstance(op, ops.Scaled):  # batch norm folded: the node's atoms scaled per channel
+        scale, base = op.scale, op.inner
+    taps = tap_structure(base, role, node_shape, res_shape)
+    if taps is None:
+        return Piece(term, node, role, op, node_shape, res_shape, scale=scale)
+    kh, kw = taps.kernel_size
+    transposed = role == "synth"
+    incidence = (
+        incidence_table(node_shape[1], res_shape[1], kh, taps.stride, taps.padding, transposed),
+        incidence_table(node_shape[2], res_shape[2], kw, taps.stride, taps.padding, transposed),
+    )
+    return Piece(
+        term,
+        node,
+        role,
+        op,
+        node_shape,
+        res_shape,
+        conv_like=True,
+        learned=taps.learned,
+        kernel_size=(kh, kw),
+        incidence=incidence,
+        selection=taps.selection,
+        scale=scale,
+    )
