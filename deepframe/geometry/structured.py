@@ -155,7 +155,7 @@ def axis_classes(
     return AxisClasses(representatives, multiplicity, on_diagonal, taps, windows, mirror)
 
 
-def norm_classes(pieces: list, axis: int, size: int) -> np.ndarray:
+def norm_classes(pieces: tuple, axis: int, size: int) -> np.ndarray:
     """Positions along ``axis`` whose atoms have the same norm (same tap validity everywhere)."""
     if any(not p.conv_like for p in pieces):
         return np.arange(size)
@@ -258,7 +258,7 @@ class GramEvaluation:
     blocks: list = field(default_factory=list)
 
 
-class _ClassEntries(NamedTuple):
+class _ClassPairEntries(NamedTuple):
     """Normalised entries of one y-class against every x-class, for a chunk of channels."""
 
     channels: tuple  # (c0, c1): rows c0..c1-1 of node a's channels
@@ -281,7 +281,7 @@ class GramPlan:
     memory_budget : int
         Bytes for work buffers (chunks are sized by it).
     pieces : dict
-        Node -> list of its :class:`~deepframe.geometry.pieces.Piece` (its column blocks).
+        Node -> tuple of its :class:`~deepframe.geometry.pieces.Piece` (its column blocks).
     position_classes : dict
         ``(C, H, W)`` node -> ``(y, x)`` arrays of per-position norm classes.
     blocks : tuple of BlockPlan
@@ -315,12 +315,16 @@ class GramPlan:
             for piece in members:
                 pieces[piece.node].append(piece)
             term_pieces.append(members)
+        # every pair of pieces of one term is a contribution to the block of their nodes
         by_pair: dict = defaultdict(list)
         for members in term_pieces:
-            for i, p in enumerate(members):
-                for q in members[i:]:
-                    ip, iq = node_index[p.node], node_index[q.node]
-                    by_pair[(min(ip, iq), max(ip, iq))].append((p, q) if ip <= iq else (q, p))
+            for i, first in enumerate(members):
+                for second in members[i:]:
+                    index_1, index_2 = node_index[first.node], node_index[second.node]
+                    by_pair[(min(index_1, index_2), max(index_1, index_2))].append(
+                        (first, second) if index_1 <= index_2 else (second, first)
+                    )
+        pieces = {j: tuple(node_pieces) for j, node_pieces in pieces.items()}
         position_classes = {}
         for j in d.nodes:
             shape = d.node_shapes[j]
@@ -330,18 +334,20 @@ class GramPlan:
                     norm_classes(pieces[j], 1, shape[2]),
                 )
         blocks = []
-        for (ia, ib), contributions in sorted(by_pair.items()):
-            a, b = d.nodes[ia], d.nodes[ib]
+        for (index_a, index_b), contributions in sorted(by_pair.items()):
+            a, b = d.nodes[index_a], d.nodes[index_b]
             contributions = tuple(contributions)
             by_classes = all(pa.conv_like and pb.conv_like for pa, pb in contributions)
             axes = ()
             if by_classes:
                 classes_a, classes_b = position_classes[a], position_classes[b]
                 axes = tuple(
-                    axis_classes(contributions, axis, classes_a[axis], classes_b[axis], ia == ib)
+                    axis_classes(
+                        contributions, axis, classes_a[axis], classes_b[axis], index_a == index_b
+                    )
                     for axis in (0, 1)
                 )
-            blocks.append(BlockPlan(a, b, ia, ib, contributions, by_classes, axes))
+            blocks.append(BlockPlan(a, b, index_a, index_b, contributions, by_classes, axes))
         return cls(d, memory_budget, pieces, position_classes, tuple(blocks))
 
     # -- sizes -----------------------------------------------------------------
@@ -497,13 +503,16 @@ class GramPlan:
             constant = torch.zeros_like(support)
             with torch.no_grad():
                 for piece_a, piece_b in block.contributions:
-                    piece_s, piece_o = (piece_b, piece_a) if swap else (piece_a, piece_b)
-                    ones_s, ones_o = piece_s.support_piece(), piece_o.support_piece()
-                    if piece_s.parametrised or piece_o.parametrised:
-                        support += ones_o.transpose(ones_s.column(e).abs()).flatten(1).abs()
+                    piece_small, piece_other = (piece_b, piece_a) if swap else (piece_a, piece_b)
+                    ones_small, ones_other = (
+                        piece_small.support_piece(),
+                        piece_other.support_piece(),
+                    )
+                    if piece_small.parametrised or piece_other.parametrised:
+                        support += ones_other.transpose(ones_small.column(e).abs()).flatten(1).abs()
                     else:  # the architecture's constants: channel scales left out
-                        column = ones_s.column(e.to(d.dtype))
-                        constant += ones_o.transpose(column).flatten(1).double()
+                        column = ones_small.column(e.to(d.dtype))
+                        constant += ones_other.transpose(column).flatten(1).double()
             hit = (support > 0) | (constant != 0)
             if block.diagonal:
                 idx = torch.arange(i0, i1, device=d.device)
@@ -543,7 +552,9 @@ class GramPlan:
         per_block = []
         for block in self.blocks:
             if block.by_classes:
-                fp, maximum, where = self._reduce_by_classes(block, inverse_norms, order, coherence)
+                fp, maximum, where = self._evaluate_by_classes(
+                    block, inverse_norms, order, coherence
+                )
             else:
                 fp, maximum, where = self._evaluate_row_by_row(
                     block, inverse_norms, order, coherence
@@ -562,7 +573,9 @@ class GramPlan:
         result.blocks = per_block
         return result
 
-    def _class_entries(self, block: BlockPlan, inverse_norms: dict) -> Iterator[_ClassEntries]:
+    def _class_pair_entries(
+        self, block: BlockPlan, inverse_norms: dict
+    ) -> Iterator[_ClassPairEntries]:
         """The entries of a class block's class pairs, normalised, one y-class at a time.
 
         Entry ``(c, c')`` of class pair ``(p, q)`` is
@@ -687,9 +700,9 @@ class GramPlan:
                         entries = entries * keep
                     else:
                         entries[same_x[:, None], (rows - c0)[None, :], rows[None, :]] = 0
-                yield _ClassEntries((c0, c1), p, weights_y[p], entries)
+                yield _ClassPairEntries((c0, c1), p, weights_y[p], entries)
 
-    def _reduce_by_classes(
+    def _evaluate_by_classes(
         self, block: BlockPlan, inverse_norms: dict, order: int, coherence: bool
     ) -> tuple:
         """``sum |G_ij|^{2k}`` (one ordering), ``max |G_ij|`` and where, over a class block.
@@ -704,7 +717,7 @@ class GramPlan:
         multiplicity_x = torch.as_tensor(axis_x.multiplicity, dtype=dtype, device=device)
         fp = None
         best, best_at = None, None
-        for (c0, c1), p, weight, entries in self._class_entries(block, inverse_norms):
+        for (c0, c1), p, weight, entries in self._class_pair_entries(block, inverse_norms):
             energy = torch.linalg.vector_norm(entries, ord=2 * order, dim=(1, 2)).pow(2 * order)
             part = (energy * multiplicity_x).sum() * weight
             fp = part if fp is None else fp + part
@@ -731,7 +744,7 @@ class GramPlan:
     def _evaluate_row_by_row(
         self, block: BlockPlan, inverse_norms: dict, order: int, coherence: bool
     ) -> tuple:
-        """As :meth:`_reduce_by_classes` for a block with a vector side or a ``Dense``
+        """As :meth:`_evaluate_by_classes` for a block with a vector side or a ``Dense``
         operator: ``D_t[b]^T (D_t[a] e_i)`` for the atoms ``e_i`` of the smaller node, chunked."""
         d = self.dictionary
         small, other, swap = self._orient(block)
@@ -748,8 +761,8 @@ class GramPlan:
             e = unit_batch(i0, i1, d.node_shapes[small], dtype, device)
             rows = None
             for piece_a, piece_b in block.contributions:
-                piece_s, piece_o = (piece_b, piece_a) if swap else (piece_a, piece_b)
-                part = piece_o.transpose(piece_s.column(e)).flatten(1)
+                piece_small, piece_other = (piece_b, piece_a) if swap else (piece_a, piece_b)
+                part = piece_other.transpose(piece_small.column(e)).flatten(1)
                 rows = part if rows is None else rows + part
             rows = rows * inverse_small[i0:i1, None] * inverse_other[None, :]
             if block.diagonal:
