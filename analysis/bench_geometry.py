@@ -144,6 +144,7 @@ def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
 
     import deepframe as df
     from deepframe import geometry
+    from deepframe.geometry.structured import GramPlan
 
     d = df.dictionary(_graph(name), seed=0)
     if device != "cpu":
@@ -167,7 +168,7 @@ def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
     )
     row["peak_structured_mib"] = round(_peak_mib(device), 1)
     start = CLOCK()
-    row["structural_nonzeros"] = geometry._StructuredGram(d).structural_nonzeros()
+    row["structural_nonzeros"] = GramPlan.build(d).structural_nonzeros()
     row["nnz_s"] = round(CLOCK() - start, 3)
     if big_n <= DENSE_MAX_ATOMS:
         seconds, r = _best(lambda: geometry.gram_metrics(d, method="dense", deep=False), 1)

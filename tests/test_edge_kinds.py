@@ -201,42 +201,6 @@ def test_tap_structure_of_a_scaled_operator_is_the_inner_one():
     assert conv.unscaled() == (conv, None)
 
 
-def test_tap_structure_matches_what_the_geometry_computes():
-    """Today's geometry (deepframe.geometry._make_piece) derives the same tables
-    from the operators by isinstance; the registry's description must agree."""
-    from deepframe.geometry import _make_piece
-
-    for kind in KINDS:
-        for g in _graphs(kind, range(4)):
-            d = df.dictionary(g, seed=4)
-            for t in d.terms:
-                for role, node, op in [("synth", t.synth, t.op)] + [
-                    ("target", k, p) for k, p in t.targets
-                ]:
-                    piece = _make_piece(0, node, role, op)
-                    base, _ = op.unscaled()
-                    taps = base.taps()
-                    assert piece.conv_like == (taps is not None)
-                    if taps is None:
-                        continue
-                    transposed = role == "synth"
-                    assert piece.learned == taps.learned
-                    assert tuple(piece.kernel_size) == taps.kernel_size
-                    sel = taps.selection(piece.node_shape[0], piece.res_shape[0], transposed)
-                    if sel is None:
-                        assert piece.sel is None
-                    else:
-                        np.testing.assert_array_equal(piece.sel, sel)
-                    for axis in (0, 1):
-                        expected = taps.incidence(
-                            axis,
-                            piece.node_shape[1 + axis],
-                            piece.res_shape[1 + axis],
-                            transposed,
-                        )
-                        np.testing.assert_array_equal(piece.inc[axis], expected)
-
-
 # --------------------------------------------------------------------------
 # a new kind is one class plus its registry entry
 # --------------------------------------------------------------------------

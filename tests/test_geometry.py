@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 import deepframe as df
 from deepframe import geometry as geo
+from deepframe.cli import metrics_report
 from deepframe.dictionary import GlobalDictionary, random_weights
+from deepframe.geometry.dense import dense_matrix, dense_structure, normalised_gram
+from deepframe.geometry.structured import GramPlan
 
 TOL = 1e-9
 
@@ -381,11 +384,11 @@ def test_structured_gradient_equals_dense_gradient():
     g = df.resnet((2, 7, 7), 1, widths=(2, 3, 4))
     weights = {k: v.requires_grad_(True) for k, v in random_weights(g, seed=5).items()}
     d = GlobalDictionary(g, weights)
-    plan = geo._StructuredGram(d)
-    structured = plan.evaluate(coherence=False)["offdiag"] / plan.structural_nonzeros()
+    plan = GramPlan.build(d)
+    structured = plan.evaluate(coherence=False).offdiagonal / plan.structural_nonzeros()
     grads = torch.autograd.grad(structured, list(weights.values()))
-    structure = geo._dense_structure(d, geo.DEFAULT_MEMORY_BUDGET)
-    gram, _ = geo._normalised_gram(geo._dense_matrix(d, geo.DEFAULT_MEMORY_BUDGET))
+    structure = dense_structure(d, geo.DEFAULT_MEMORY_BUDGET)
+    gram, _ = normalised_gram(dense_matrix(d, geo.DEFAULT_MEMORY_BUDGET))
     dense = gram.pow(2)[structure].sum() / structure.sum()
     dense_grads = torch.autograd.grad(dense, list(weights.values()))
     assert structured.item() == pytest.approx(dense.item(), abs=TOL)
@@ -538,7 +541,7 @@ def test_minimize_rejects_bad_arguments():
 # --------------------------------------------------------------------------
 def test_metrics_report_is_json_serialisable():
     g = df.resnet((3, 8, 8), 1, widths=(2, 3, 4))
-    report = geo.metrics_report(g, details=True)
+    report = metrics_report(g, details=True)
     text = json.dumps(report)
     back = json.loads(text)
     for key in (
@@ -556,8 +559,30 @@ def test_metrics_report_is_json_serialisable():
     assert back["attained_at"]["blocks"] == [str(n) for n in back["attained_at"]["blocks"]]
     assert back["bounds"]["structured_coherence"] <= back["coherence"]
     assert back["blocks"][0]["max"] == pytest.approx(back["coherence"])
-    dense = geo.metrics_report(g, method="dense")
+    dense = metrics_report(g, method="dense")
     assert dense["coherence"] == pytest.approx(report["coherence"], abs=TOL)
+
+
+def test_metrics_report_keeps_its_old_names():
+    """The report moved to the command line; deepframe.metrics_report and
+    deepframe.geometry.metrics_report still name it."""
+    assert df.metrics_report is metrics_report
+    assert geo.metrics_report is metrics_report
+    assert "metrics_report" in df.__all__ and "metrics_report" not in geo.__all__
+
+
+def test_measure_is_gram_metrics_and_lower_bounds():
+    """One plan for both: the same numbers as the two separate calls."""
+    g = df.resnet((2, 7, 7), 1, widths=(2, 3, 4))
+    d = df.dictionary(g, seed=3)
+    both = geo.measure(d, orders=(1, 2), details=True)
+    assert both.metrics == geo.gram_metrics(d, deep=True, details=True)
+    assert both.bounds == geo.lower_bounds(d, orders=(1, 2))
+    dense = geo.measure(d, method="dense")
+    assert dense.metrics.method == "dense"
+    assert dense.metrics.coherence == pytest.approx(both.metrics.coherence, abs=TOL)
+    with pytest.raises(TypeError, match="GlobalDictionary"):
+        geo.measure(g)
 
 
 @pytest.mark.parametrize(
