@@ -2,7 +2,7 @@
 
     python analysis/bench.py [--quick] [--device cpu|cuda] [--out bench.json]
                              [--section NAME ...] [--repeats 3] [--threads N]
-                             [--torch-compile] [--clock wall|cpu]
+                             [--torch-compile] [--clock wall|cpu] [--memory-budget 8G]
 
 Prints one table per section and writes every figure, with the device it ran
 on, to a JSON file (``--out``). Nothing is asserted: the targets of
@@ -38,7 +38,9 @@ grid):
     Exact mutual coherence + frame potential (``gram_metrics``): time and peak
     memory against the number of atoms, up to ResNet-18 widths at 224x224
     (27 million atoms), and the dense reference where it fits (each case in its
-    own subprocess; see analysis/bench_geometry.py).
+    own subprocess; see analysis/bench_geometry.py). ``--memory-budget`` (default
+    ``DEEPFRAME_MEMORY_BUDGET``, else 8 GiB): the library's 2 GiB default refuses
+    the 224x224 case.
 ``options``
     The accelerator options on DP-res T = 10 (quick: T = 5): default,
     ``channels_last``, ``schedule="jacobi"`` (one grouped pass), TF32 on/off and
@@ -520,7 +522,11 @@ def bench_geometry(args, out: list) -> None:
 
     cases = ["chain-small", "resnet-1"] if args.quick else list(geo.CASES)
     name = device_name(args.device)
-    print(f"\n## geometry: exact coherence + frame potential, {name}")
+    budget = geo.memory_budget(args.memory_budget)
+    print(
+        f"\n## geometry: exact coherence + frame potential, {name}, memory budget "
+        f"{budget / 2**30:.3g} GiB"
+    )
     print(
         f"{'case':<16} {'atoms':>10} {'structured s':>13} {'peak RSS MiB':>13} "
         f"{'dense s':>8} {'dense peak MiB':>15}"
@@ -695,6 +701,8 @@ def _run_child(task: list, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *task]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats)]
     cmd += ["--clock", args.clock]
+    if args.memory_budget is not None:
+        cmd += ["--memory-budget", args.memory_budget]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {task} failed:\n{done.stderr}")
@@ -709,7 +717,7 @@ def _child(task: list, args) -> dict:
         import bench_geometry as geo
 
         geo.CLOCK = CLOCK
-        return geo.run_case(task[1], args.repeats, device=args.device)
+        return geo.run_case(task[1], args.repeats, device=args.device, budget=args.memory_budget)
     raise ValueError(f"unknown child task {task}")
 
 
@@ -739,6 +747,10 @@ def main(argv=None) -> int:
         default="wall",
         help="wall-clock seconds, or this process's CPU seconds (CPU only; use with "
         "--threads 1 on a shared machine)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        help="geometry: memory budget of every call (default: $DEEPFRAME_MEMORY_BUDGET, else 8G)",
     )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
