@@ -11,7 +11,7 @@ Random inputs, no data needed.
 
 Sections (``--section``, repeatable; default all, in the order memory, geometry,
 options, solvers; ``--graph``, ``--batch``, ``--iterations`` restrict the solvers
-grid):
+grid, ``--iterations`` the memory section's T too):
 
 ``solvers``
     One training step (forward + backward, train mode) of DP (deep pursuit on
@@ -26,7 +26,9 @@ grid):
     and plain, training and inference throughput (images/s).
 ``memory``
     Peak memory of one DP-res training step on ResNet-8, batch 64, for T in
-    {0, 1, 5, 10, 20}, with and without ``checkpoint_sweeps`` (``True``). CPU: each case in its
+    {0, 1, 5, 10, 20}, with and without ``checkpoint_sweeps`` (``True``; ``--segment k``,
+    repeatable, adds segments of ``k`` sweeps, marked explicit: the targets read
+    the ``True`` rows). CPU: each case in its
     own subprocess (``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave
     the resident set at once), peak RSS (``VmHWM``, reset just before the step)
     above the resident set just before the step,
@@ -457,43 +459,46 @@ def _profiled_peak(fn) -> float | None:
 
 def bench_memory(args, out: list) -> None:
     arch, batch = "ResNet-8", 64
-    iterations = [0, 5] if args.quick else [0, 1, 5, 10, 20]
+    iterations = args.iterations or ([0, 5] if args.quick else [0, 1, 5, 10, 20])
     name = device_name(args.device)
     print(f"\n## memory: one DP-res training step, {arch}, batch {batch}, {name}")
+    # recompute: sweeps per recomputed segment ("-": stored; "auto": checkpoint_sweeps=True)
     print(
         f"{'T':>3} {'recompute':>9} {'peak RSS MiB':>13} {'peak tensors MiB':>17} "
         f"{'seconds':>8} {'x stored':>9}"
     )
     x, y = _data(batch, args.device)
     for t in iterations:
+        # (choice, iterations per recomputed segment): stored, what checkpoint_sweeps=True
+        # picks, and the --segment lengths asked for
+        auto = max(1, round(math.sqrt(t / 3))) if t else 0
+        cases = [("stored", 0), ("auto", auto)]
+        cases += [("explicit", k) for k in args.segment or () if 0 < k < t and k != auto]
         rows = {}
-        for checkpointed in (False, True):
-            segment = 0
-            if checkpointed and t:
-                segment = max(1, round(math.sqrt(t / 3)))  # what checkpoint_sweeps=True picks
+        for choice, segment in cases:
             if torch.device(args.device).type == "cuda":
-                rows[checkpointed] = _memory_child(arch, t, segment, batch, args.device)
+                rows[choice, segment] = _memory_child(arch, t, segment, batch, args.device)
             else:
-                rows[checkpointed] = _run_child(
+                rows[choice, segment] = _run_child(
                     ["memory", arch, str(t), str(segment), str(batch)], args
                 )
-            rows[checkpointed]["segment"] = segment
         nets = {
-            c: df.compile(
+            case: df.compile(
                 _graph(arch, True),
                 method="deep",
                 iterations=t,
-                checkpoint_sweeps=rows[c]["segment"],
+                checkpoint_sweeps=case[1],
                 device=args.device,
             ).train()
-            for c in (False, True)
+            for case in cases
         }
         times = time_interleaved(
-            {c: partial(_train_step, n, x, y) for c, n in nets.items()},
+            {case: partial(_train_step, n, x, y) for case, n in nets.items()},
             args.repeats,
             args.device,
         )
-        for c in (False, True):
+        for case in cases:
+            choice, segment = case
             row = {
                 "section": "memory",
                 "device": name,
@@ -501,17 +506,19 @@ def bench_memory(args, out: list) -> None:
                 "batch": batch,
                 "method": "DP-res",
                 "T": t,
-                "checkpoint_sweeps": rows[c]["segment"],
-                "peak_rss_mib": rows[c].get("peak_rss_mib"),
-                "peak_tensors_mib": rows[c].get("peak_tensors_mib"),
-                "seconds": times[c],
-                "x_stored_time": times[c] / times[False],
+                "checkpoint_sweeps": segment,
+                "explicit": choice == "explicit",
+                "peak_rss_mib": rows[case].get("peak_rss_mib"),
+                "peak_tensors_mib": rows[case].get("peak_tensors_mib"),
+                "seconds": times[case],
+                "x_stored_time": times[case] / times[cases[0]],
             }
             out.append(row)
             rss = "-" if row["peak_rss_mib"] is None else f"{row['peak_rss_mib']:.0f}"
             ten = "-" if row["peak_tensors_mib"] is None else f"{row['peak_tensors_mib']:.0f}"
+            label = {"stored": "-", "auto": f"{segment} auto"}.get(choice, str(segment))
             print(
-                f"{t:>3} {row['checkpoint_sweeps']:>9} {rss:>13} {ten:>17} "
+                f"{t:>3} {label:>9} {rss:>13} {ten:>17} "
                 f"{row['seconds']:8.3f} {row['x_stored_time']:9.2f}",
                 flush=True,
             )
@@ -658,7 +665,11 @@ def targets(rows: list) -> list[dict]:
                 "met": worst["x_plain"] <= 1.02,
             }
         )
-    memory = {(r["T"], bool(r["checkpoint_sweeps"])): r for r in rows if r["section"] == "memory"}
+    memory = {
+        (r["T"], bool(r["checkpoint_sweeps"])): r
+        for r in rows
+        if r["section"] == "memory" and not r.get("explicit")  # the default choice only
+    }
     # the case is T = 10; --quick measures up to T = 5
     t = 10 if (10, True) in memory else max((k[0] for k in memory), default=None)
     if t and (t, True) in memory and (t, False) in memory:
@@ -735,7 +746,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--batch", action="append", type=int, help="solvers: only these batches")
     parser.add_argument(
-        "--iterations", action="append", type=int, help="solvers: only these T (repeatable)"
+        "--iterations",
+        action="append",
+        type=int,
+        help="solvers and memory: only these T (repeatable)",
+    )
+    parser.add_argument(
+        "--segment",
+        action="append",
+        type=int,
+        help="memory: also recompute in segments of this many sweeps (repeatable)",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(

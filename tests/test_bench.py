@@ -96,6 +96,10 @@ def test_targets_are_read_from_the_rows(bench):
     # RSS 600/300 = 2x
     assert [t["met"] for t in found] == [True, False, True, False]
     assert "live tensors" in found[2]["target"] and "RSS" in found[3]["target"]
+    # a --segment row (explicit length) does not stand in for checkpoint_sweeps=True
+    explicit = dict(rows[3], checkpoint_sweeps=1, explicit=True, peak_tensors_mib=100.0)
+    assert bench.targets(rows + [explicit]) == found
+    assert bench.targets(rows[:3] + [explicit])[2:] == []
 
 
 @pytest.fixture(scope="module")
