@@ -138,3 +138,27 @@ def test_geometry_case_row_matches_the_dense_reference(bench_geometry, monkeypat
     assert row["memory_budget"] == 8 * 2**30 and row["atoms"] == 2048
     # the structured pass and the dense Gram (an independent reference) agree
     assert row["max_abs_diff_coherence"] < 1e-12 and row["rel_diff_fp"] < 1e-10
+
+
+def test_ratios_pair_the_calls_of_one_round(bench, monkeypatch):
+    # A scripted clock: each call advances it by its scripted seconds. Callable "a"
+    # catches one quiet spell (1.0 s) that "b" never sees; the ratio of best times
+    # reads 0.5, the median of the per-round ratios 1.0 (a/b = 1.0, 0.5, 1.1).
+    clock = {"now": 0.0}
+    script = {"a": iter([9.0, 2.0, 1.0, 2.2]), "b": iter([9.0, 2.0, 2.0, 2.0])}  # warm-up first
+    order = []
+
+    def call(name):
+        order.append(name)
+        clock["now"] += next(script[name])
+
+    monkeypatch.setattr(bench, "CLOCK", lambda: clock["now"])
+    rounds = {}
+    best = bench.time_interleaved(
+        {"a": lambda: call("a"), "b": lambda: call("b")}, 3, "cpu", rounds
+    )
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates
+    assert rounds["a"] == pytest.approx([2.0, 1.0, 2.2]) and rounds["b"] == pytest.approx([2.0] * 3)
+    assert best == pytest.approx({"a": 1.0, "b": 2.0})
+    assert bench.paired_ratio(rounds, "a", "b") == pytest.approx(1.0)
+    assert bench.paired_ratio(rounds, "b", "a") == pytest.approx(1.0)
