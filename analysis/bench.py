@@ -43,7 +43,8 @@ grid, ``--iterations`` the memory section's T too):
     Exact mutual coherence + frame potential (``gram_metrics``): time and peak
     memory against the number of atoms, up to ResNet-18 widths at 224x224
     (27 million atoms), and the dense reference where it fits (each case in its
-    own subprocess; see analysis/bench_geometry.py). ``--memory-budget`` (default
+    own subprocess, with the allocator's defaults, as analysis/bench_geometry.py
+    runs them). ``--memory-budget`` (default
     ``DEEPFRAME_MEMORY_BUDGET``, else 8 GiB): the library's 2 GiB default refuses
     the 224x224 case.
 ``options``
@@ -736,11 +737,26 @@ def targets(rows: list) -> list[dict]:
 # --------------------------------------------------------------------------- driver
 
 
-def _run_child(task: list, args) -> dict:
-    """Run one measurement in a fresh interpreter (its peak memory is its own)."""
+def _child_env(task: list) -> dict:
+    """Environment of a measurement's interpreter.
+
+    A memory child (which times nothing) gets ``MALLOC_MMAP_THRESHOLD_=65536``:
+    every allocation above 64 KiB is its own mapping, so a freed tensor leaves the
+    resident set at once and the peak RSS is the live memory. A geometry child
+    keeps the allocator's defaults: it is timed, and returning every large
+    temporary to the kernel made the structured geometry about 1.8x slower
+    (ResNet-18 widths at 32x32: 7.6 s against 4.1-4.4 s, one thread).
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors leave the resident set at once
+    if task[0] == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
+
+
+def _run_child(task: list, args) -> dict:
+    """Run one measurement in a fresh interpreter (its peak memory is its own)."""
+    env = _child_env(task)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *task]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats)]
     cmd += ["--clock", args.clock]

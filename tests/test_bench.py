@@ -162,3 +162,16 @@ def test_ratios_pair_the_calls_of_one_round(bench, monkeypatch):
     assert best == pytest.approx({"a": 1.0, "b": 2.0})
     assert bench.paired_ratio(rounds, "a", "b") == pytest.approx(1.0)
     assert bench.paired_ratio(rounds, "b", "a") == pytest.approx(1.0)
+
+
+def test_only_memory_children_return_freed_memory_at_once(bench, monkeypatch):
+    # The memory section reads the peak RSS, so its children map every large
+    # allocation apart; the geometry section is timed, and that setting made it
+    # about 1.8x slower, so its children keep the allocator's defaults.
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    memory = bench._child_env(["memory", "ResNet-8", "10", "2", "64"])
+    geometry = bench._child_env(["geometry", "resnet18-224"])
+    assert memory["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert "MALLOC_MMAP_THRESHOLD_" not in geometry
+    for env in (memory, geometry):
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == ROOT
