@@ -2,7 +2,7 @@
 
     python analysis/bench.py [--quick] [--device cpu|cuda] [--out bench.json]
                              [--section NAME ...] [--repeats 3] [--threads N]
-                             [--torch-compile] [--clock wall|cpu]
+                             [--torch-compile] [--clock wall|cpu] [--memory-budget 8G]
 
 Prints one table per section and writes every figure, with the device it ran
 on, to a JSON file (``--out``). Nothing is asserted: the targets of
@@ -11,7 +11,7 @@ Random inputs, no data needed.
 
 Sections (``--section``, repeatable; default all, in the order memory, geometry,
 options, solvers; ``--graph``, ``--batch``, ``--iterations`` restrict the solvers
-grid):
+grid, ``--iterations`` the memory section's T too):
 
 ``solvers``
     One training step (forward + backward, train mode) of DP (deep pursuit on
@@ -23,10 +23,15 @@ grid):
     that keeps ``B w`` between updates, 2 convolution calls per conv edge and
     sweep; for L-BP the local steps), and the *plain* network of the same graph
     (ordinary conv/ReLU, no pursuit). Reported: best seconds, ratios to floor
-    and plain, training and inference throughput (images/s).
+    and plain, training and inference throughput (images/s). Seconds and
+    images/s are of the best round; every ratio (here and in the other sections)
+    is the median over the rounds of the two calls' ratio within a round
+    (:func:`paired_ratio`; the JSON keeps the ratio of best times as ``*_best``).
 ``memory``
     Peak memory of one DP-res training step on ResNet-8, batch 64, for T in
-    {0, 1, 5, 10, 20}, with and without ``checkpoint_sweeps`` (``True``). CPU: each case in its
+    {0, 1, 5, 10, 20}, with and without ``checkpoint_sweeps`` (``True``; ``--segment k``,
+    repeatable, adds segments of ``k`` sweeps, marked explicit: the targets read
+    the ``True`` rows). CPU: each case in its
     own subprocess (``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave
     the resident set at once), peak RSS (``VmHWM``, reset just before the step)
     above the resident set just before the step,
@@ -38,7 +43,10 @@ grid):
     Exact mutual coherence + frame potential (``gram_metrics``): time and peak
     memory against the number of atoms, up to ResNet-18 widths at 224x224
     (27 million atoms), and the dense reference where it fits (each case in its
-    own subprocess; see analysis/bench_geometry.py).
+    own subprocess, with the allocator's defaults, as analysis/bench_geometry.py
+    runs them). ``--memory-budget`` (default
+    ``DEEPFRAME_MEMORY_BUDGET``, else 8 GiB): the library's 2 GiB default refuses
+    the 224x224 case.
 ``options``
     The accelerator options on DP-res T = 10 (quick: T = 5): default,
     ``channels_last``, ``schedule="jacobi"`` (one grouped pass), TF32 on/off and
@@ -62,6 +70,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -297,13 +306,14 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CLOCK = CLOCKS["wall"]
 
 
-def time_interleaved(calls: dict, repeats: int, device: str) -> dict:
+def time_interleaved(calls: dict, repeats: int, device: str, rounds: dict | None = None) -> dict:
     """Best (least) seconds of each callable, run in turn ``repeats`` times after one
     warm-up round.
 
     Interleaving spreads a shared machine's load evenly over the callables, the
     order rotates from round to round (none always runs first), and the least time
-    is the estimate: other jobs only ever add time.
+    is the estimate: other jobs only ever add time. ``rounds``, if given, receives
+    every timed round's seconds per callable (for :func:`paired_ratio`).
     """
     times = {name: [] for name in calls}
     names = list(calls)
@@ -317,7 +327,21 @@ def time_interleaved(calls: dict, repeats: int, device: str) -> dict:
             _sync(device)
             if r:
                 times[name].append(CLOCK() - start)
+    if rounds is not None:
+        rounds.update(times)
     return {name: min(v) for name, v in times.items()}
+
+
+def paired_ratio(rounds: dict, a, b) -> float:
+    """Median over the timed rounds of ``a``'s seconds over ``b``'s in the same round.
+
+    The ratio of two best times compares each callable's luckiest moment, and on a
+    machine whose load comes and goes (another job on the sibling core) those
+    moments differ: one callable may catch a quiet spell the other never sees. Two
+    calls of one round run back to back under nearly the same load, so their
+    ratio, and the median of it over the rounds, is the steadier estimate.
+    """
+    return statistics.median(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
 
 
 def _data(batch: int, device: str, seed: int = 0):
@@ -350,6 +374,7 @@ def bench_solvers(args, out: list) -> None:
                     net = df.compile(graph, method=method, iterations=t, device=args.device)
                     net.train()
                     floor, plain = Floor(net).train(), PlainNet(net).train()
+                    rounds = {}
                     times = time_interleaved(
                         {
                             "net": partial(_train_step, net, x, y),
@@ -358,6 +383,7 @@ def bench_solvers(args, out: list) -> None:
                         },
                         args.repeats,
                         args.device,
+                        rounds,
                     )
                     net.eval()
                     infer = time_interleaved(
@@ -373,8 +399,10 @@ def bench_solvers(args, out: list) -> None:
                         "seconds": times["net"],
                         "floor_s": times["floor"],
                         "plain_s": times["plain"],
-                        "x_floor": times["net"] / times["floor"],
-                        "x_plain": times["net"] / times["plain"],
+                        "x_floor": paired_ratio(rounds, "net", "floor"),
+                        "x_plain": paired_ratio(rounds, "net", "plain"),
+                        "x_floor_best": times["net"] / times["floor"],
+                        "x_plain_best": times["net"] / times["plain"],
                         "train_images_per_s": batch / times["net"],
                         "infer_s": infer,
                         "infer_images_per_s": batch / infer,
@@ -455,43 +483,48 @@ def _profiled_peak(fn) -> float | None:
 
 def bench_memory(args, out: list) -> None:
     arch, batch = "ResNet-8", 64
-    iterations = [0, 5] if args.quick else [0, 1, 5, 10, 20]
+    iterations = args.iterations or ([0, 5] if args.quick else [0, 1, 5, 10, 20])
     name = device_name(args.device)
     print(f"\n## memory: one DP-res training step, {arch}, batch {batch}, {name}")
+    # recompute: sweeps per recomputed segment ("-": stored; "auto": checkpoint_sweeps=True)
     print(
         f"{'T':>3} {'recompute':>9} {'peak RSS MiB':>13} {'peak tensors MiB':>17} "
         f"{'seconds':>8} {'x stored':>9}"
     )
     x, y = _data(batch, args.device)
     for t in iterations:
+        # (choice, iterations per recomputed segment): stored, what checkpoint_sweeps=True
+        # picks, and the --segment lengths asked for
+        auto = max(1, round(math.sqrt(t / 3))) if t else 0
+        cases = [("stored", 0), ("auto", auto)]
+        cases += [("explicit", k) for k in args.segment or () if 0 < k < t and k != auto]
         rows = {}
-        for checkpointed in (False, True):
-            segment = 0
-            if checkpointed and t:
-                segment = max(1, round(math.sqrt(t / 3)))  # what checkpoint_sweeps=True picks
+        for choice, segment in cases:
             if torch.device(args.device).type == "cuda":
-                rows[checkpointed] = _memory_child(arch, t, segment, batch, args.device)
+                rows[choice, segment] = _memory_child(arch, t, segment, batch, args.device)
             else:
-                rows[checkpointed] = _run_child(
+                rows[choice, segment] = _run_child(
                     ["memory", arch, str(t), str(segment), str(batch)], args
                 )
-            rows[checkpointed]["segment"] = segment
         nets = {
-            c: df.compile(
+            case: df.compile(
                 _graph(arch, True),
                 method="deep",
                 iterations=t,
-                checkpoint_sweeps=rows[c]["segment"],
+                checkpoint_sweeps=case[1],
                 device=args.device,
             ).train()
-            for c in (False, True)
+            for case in cases
         }
+        rounds = {}
         times = time_interleaved(
-            {c: partial(_train_step, n, x, y) for c, n in nets.items()},
+            {case: partial(_train_step, n, x, y) for case, n in nets.items()},
             args.repeats,
             args.device,
+            rounds,
         )
-        for c in (False, True):
+        for case in cases:
+            choice, segment = case
             row = {
                 "section": "memory",
                 "device": name,
@@ -499,17 +532,20 @@ def bench_memory(args, out: list) -> None:
                 "batch": batch,
                 "method": "DP-res",
                 "T": t,
-                "checkpoint_sweeps": rows[c]["segment"],
-                "peak_rss_mib": rows[c].get("peak_rss_mib"),
-                "peak_tensors_mib": rows[c].get("peak_tensors_mib"),
-                "seconds": times[c],
-                "x_stored_time": times[c] / times[False],
+                "checkpoint_sweeps": segment,
+                "explicit": choice == "explicit",
+                "peak_rss_mib": rows[case].get("peak_rss_mib"),
+                "peak_tensors_mib": rows[case].get("peak_tensors_mib"),
+                "seconds": times[case],
+                "x_stored_time": paired_ratio(rounds, case, cases[0]),
+                "x_stored_time_best": times[case] / times[cases[0]],
             }
             out.append(row)
             rss = "-" if row["peak_rss_mib"] is None else f"{row['peak_rss_mib']:.0f}"
             ten = "-" if row["peak_tensors_mib"] is None else f"{row['peak_tensors_mib']:.0f}"
+            label = {"stored": "-", "auto": f"{segment} auto"}.get(choice, str(segment))
             print(
-                f"{t:>3} {row['checkpoint_sweeps']:>9} {rss:>13} {ten:>17} "
+                f"{t:>3} {label:>9} {rss:>13} {ten:>17} "
                 f"{row['seconds']:8.3f} {row['x_stored_time']:9.2f}",
                 flush=True,
             )
@@ -520,7 +556,11 @@ def bench_geometry(args, out: list) -> None:
 
     cases = ["chain-small", "resnet-1"] if args.quick else list(geo.CASES)
     name = device_name(args.device)
-    print(f"\n## geometry: exact coherence + frame potential, {name}")
+    budget = geo.memory_budget(args.memory_budget)
+    print(
+        f"\n## geometry: exact coherence + frame potential, {name}, memory budget "
+        f"{budget / 2**30:.3g} GiB"
+    )
     print(
         f"{'case':<16} {'atoms':>10} {'structured s':>13} {'peak RSS MiB':>13} "
         f"{'dense s':>8} {'dense peak MiB':>15}"
@@ -572,6 +612,7 @@ def bench_options(args, out: list) -> None:
                 xs = x.contiguous(memory_format=torch.channels_last)
             else:
                 xs = x
+            rounds = {}
             train = time_interleaved(
                 {
                     "net": partial(_train_step, net.train(), xs, y),
@@ -579,6 +620,7 @@ def bench_options(args, out: list) -> None:
                 },
                 args.repeats,
                 args.device,
+                rounds,
             )
             calls = {
                 "net": partial(_infer, net.eval(), xs),
@@ -587,8 +629,10 @@ def bench_options(args, out: list) -> None:
             if cuda and label == "default":
                 graphed = accel.CudaGraphInference(net, xs)
                 calls["cuda graph"] = partial(graphed, xs)
-            infer = time_interleaved(calls, args.repeats, args.device)
+            infer_rounds = {}
+            infer = time_interleaved(calls, args.repeats, args.device, infer_rounds)
         plain_rate = batch / train["plain"]
+        x_plain_train = paired_ratio(rounds, "plain", "net")  # throughput: net over plain
         row = {
             "section": "options",
             "device": name,
@@ -599,11 +643,13 @@ def bench_options(args, out: list) -> None:
             "variant": label,
             "train_images_per_s": batch / train["net"],
             "plain_train_images_per_s": plain_rate,
-            "x_plain_train": train["plain"] / train["net"],
-            "x_op_floor_train": (batch / train["net"]) / (plain_rate / (1 + 2 * t)),
+            "x_plain_train": x_plain_train,
+            # images/s over the op-count floor plain / (1 + 2 T)
+            "x_op_floor_train": x_plain_train * (1 + 2 * t),
+            "x_op_floor_train_best": (batch / train["net"]) / (plain_rate / (1 + 2 * t)),
             "infer_images_per_s": batch / infer["net"],
             "plain_infer_images_per_s": batch / infer["plain"],
-            "x_plain_infer": infer["plain"] / infer["net"],
+            "x_plain_infer": paired_ratio(infer_rounds, "plain", "net"),
         }
         if "cuda graph" in infer:
             row["cuda_graph_infer_images_per_s"] = batch / infer["cuda graph"]
@@ -652,7 +698,11 @@ def targets(rows: list) -> list[dict]:
                 "met": worst["x_plain"] <= 1.02,
             }
         )
-    memory = {(r["T"], bool(r["checkpoint_sweeps"])): r for r in rows if r["section"] == "memory"}
+    memory = {
+        (r["T"], bool(r["checkpoint_sweeps"])): r
+        for r in rows
+        if r["section"] == "memory" and not r.get("explicit")  # the default choice only
+    }
     # the issue's case is T = 10; --quick measures up to T = 5
     t = 10 if (10, True) in memory else max((k[0] for k in memory), default=None)
     if t and (t, True) in memory and (t, False) in memory:
@@ -687,14 +737,31 @@ def targets(rows: list) -> list[dict]:
 # --------------------------------------------------------------------------- driver
 
 
-def _run_child(task: list, args) -> dict:
-    """Run one measurement in a fresh interpreter (its peak memory is its own)."""
+def _child_env(task: list) -> dict:
+    """Environment of a measurement's interpreter.
+
+    A memory child (which times nothing) gets ``MALLOC_MMAP_THRESHOLD_=65536``:
+    every allocation above 64 KiB is its own mapping, so a freed tensor leaves the
+    resident set at once and the peak RSS is the live memory. A geometry child
+    keeps the allocator's defaults: it is timed, and returning every large
+    temporary to the kernel made the structured geometry about 1.8x slower
+    (ResNet-18 widths at 32x32: 7.6 s against 4.1-4.4 s, one thread).
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors leave the resident set at once
+    if task[0] == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
+
+
+def _run_child(task: list, args) -> dict:
+    """Run one measurement in a fresh interpreter (its peak memory is its own)."""
+    env = _child_env(task)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *task]
     cmd += ["--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats)]
     cmd += ["--clock", args.clock]
+    if args.memory_budget is not None:
+        cmd += ["--memory-budget", args.memory_budget]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {task} failed:\n{done.stderr}")
@@ -709,7 +776,7 @@ def _child(task: list, args) -> dict:
         import bench_geometry as geo
 
         geo.CLOCK = CLOCK
-        return geo.run_case(task[1], args.repeats, device=args.device)
+        return geo.run_case(task[1], args.repeats, device=args.device, budget=args.memory_budget)
     raise ValueError(f"unknown child task {task}")
 
 
@@ -727,7 +794,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--batch", action="append", type=int, help="solvers: only these batches")
     parser.add_argument(
-        "--iterations", action="append", type=int, help="solvers: only these T (repeatable)"
+        "--iterations",
+        action="append",
+        type=int,
+        help="solvers and memory: only these T (repeatable)",
+    )
+    parser.add_argument(
+        "--segment",
+        action="append",
+        type=int,
+        help="memory: also recompute in segments of this many sweeps (repeatable)",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -739,6 +815,10 @@ def main(argv=None) -> int:
         default="wall",
         help="wall-clock seconds, or this process's CPU seconds (CPU only; use with "
         "--threads 1 on a shared machine)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        help="geometry: memory budget of every call (default: $DEEPFRAME_MEMORY_BUDGET, else 8G)",
     )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -23,6 +23,12 @@ Cases (docs/geometry.md, docs/performance.md), in increasing number of atoms:
 The dense reference runs for every case of at most 8,192 atoms (its Gram takes
 ``8 N^2`` bytes: 0.5 GiB there).
 
+Memory budget: ``--memory-budget``, else ``DEEPFRAME_MEMORY_BUDGET``, else 8 GiB
+(:data:`BENCH_MEMORY_BUDGET`), passed to every call as ``memory_budget=``. The
+library's default of 2 GiB refuses ``resnet18-224`` (its structured geometry is
+estimated at about 2.14 GiB); the budget also sizes the structured method's
+chunks, so it is recorded with every row (``memory_budget``).
+
 What is timed: ``gram_metrics(D, deep=False)``, i.e. coherence (with its
 location) and FP in one exact pass, float64, after compiling ``D`` (not timed).
 ``deep=True`` adds the structural count ``N_nz`` (for the DFP), timed
@@ -40,6 +46,7 @@ interpreter, torch and the compiled dictionary.
 Usage::
 
     python analysis/bench_geometry.py [--repeat 3] [--threads 2] [--json] [--case NAME ...]
+                                      [--memory-budget 8G]
 
 ``python analysis/bench.py --section geometry`` runs the same cases as part of
 the one benchmark (docs/performance.md).
@@ -65,6 +72,19 @@ CASES = (
     "resnet18-224",
 )
 DENSE_MAX_ATOMS = 8192
+#: The budget when neither ``--memory-budget`` nor ``DEEPFRAME_MEMORY_BUDGET`` sets one
+#: (the library's 2 GiB default refuses ``resnet18-224``).
+BENCH_MEMORY_BUDGET = "8G"
+
+
+def memory_budget(value: str | int | None = None) -> int:
+    """The budget of a case in bytes: ``value``, else ``DEEPFRAME_MEMORY_BUDGET``, else
+    :data:`BENCH_MEMORY_BUDGET`."""
+    from deepframe.dictionary import MEMORY_BUDGET_ENV, resolve_memory_budget
+
+    if value is None and not os.environ.get(MEMORY_BUDGET_ENV, "").strip():
+        value = BENCH_MEMORY_BUDGET
+    return resolve_memory_budget(value)
 
 
 def _status_mib(field: str) -> float | None:
@@ -135,10 +155,11 @@ def _peak_mib(device: str) -> float:
     return _maxrss_mib()
 
 
-def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
+def run_case(name: str, repeat: int, device: str = "cpu", budget: str | int | None = None) -> dict:
     """One case in this process: compile, time the structured (and dense) metrics.
 
-    On CUDA the peak is ``torch.cuda.max_memory_allocated`` instead of the RSS.
+    ``budget``: the memory budget of every call (see :func:`memory_budget`). On
+    CUDA the peak is ``torch.cuda.max_memory_allocated`` instead of the RSS.
     """
     import torch
 
@@ -150,11 +171,13 @@ def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
     if device != "cpu":
         d = d.to(device=device)
     n, big_n = d.shape
+    budget = memory_budget(budget)
     row = {"case": name, "atoms": big_n, "rows": n, "threads": torch.get_num_threads()}
+    row["memory_budget"] = budget
     row["rss_before_mib"] = round(_peak_mib(device), 1)
 
     def structured():
-        out = geometry.gram_metrics(d, deep=False)
+        out = geometry.gram_metrics(d, deep=False, memory_budget=budget)
         if device != "cpu":
             torch.cuda.synchronize()
         return out
@@ -168,10 +191,12 @@ def run_case(name: str, repeat: int, device: str = "cpu") -> dict:
     )
     row["peak_structured_mib"] = round(_peak_mib(device), 1)
     start = CLOCK()
-    row["structural_nonzeros"] = GramPlan.build(d).structural_nonzeros()
+    row["structural_nonzeros"] = GramPlan.build(d, memory_budget=budget).structural_nonzeros()
     row["nnz_s"] = round(CLOCK() - start, 3)
     if big_n <= DENSE_MAX_ATOMS:
-        seconds, r = _best(lambda: geometry.gram_metrics(d, method="dense", deep=False), 1)
+        seconds, r = _best(
+            lambda: geometry.gram_metrics(d, method="dense", deep=False, memory_budget=budget), 1
+        )
         row.update(
             dense_s=round(seconds, 3),
             speedup=round(seconds / row["structured_s"], 1),
@@ -190,6 +215,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--memory-budget",
+        help=f"memory budget of every call (default: $DEEPFRAME_MEMORY_BUDGET, else "
+        f"{BENCH_MEMORY_BUDGET})",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -197,7 +227,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(run_case(args.child, args.repeat)))
+        print(json.dumps(run_case(args.child, args.repeat, budget=args.memory_budget)))
         return 0
 
     print(
@@ -220,6 +250,8 @@ def main(argv=None) -> int:
             "--threads",
             str(args.threads),
         ]
+        if args.memory_budget is not None:
+            cmd += ["--memory-budget", args.memory_budget]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             print(f"{name}: failed\n{out.stderr}", file=sys.stderr)

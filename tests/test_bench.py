@@ -96,3 +96,82 @@ def test_targets_are_read_from_the_rows(bench):
     # RSS 600/300 = 2x
     assert [t["met"] for t in found] == [True, False, True, False]
     assert "live tensors" in found[2]["target"] and "RSS" in found[3]["target"]
+    # a --segment row (explicit length) does not stand in for checkpoint_sweeps=True
+    explicit = dict(rows[3], checkpoint_sweeps=1, explicit=True, peak_tensors_mib=100.0)
+    assert bench.targets(rows + [explicit]) == found
+    assert bench.targets(rows[:3] + [explicit])[2:] == []
+
+
+@pytest.fixture(scope="module")
+def bench_geometry():
+    spec = importlib.util.spec_from_file_location(
+        "bench_geometry", os.path.join(ROOT, "analysis", "bench_geometry.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_geometry_cases_fit_the_benchmark_budget(bench_geometry, monkeypatch):
+    # The library's 2 GiB default refuses the 224x224 case; the benchmark's own
+    # budget (8 GiB unless DEEPFRAME_MEMORY_BUDGET or --memory-budget says otherwise)
+    # admits every case, so `python analysis/bench.py` runs its geometry section whole.
+    from deepframe.dictionary import MEMORY_BUDGET_ENV, MemoryBudgetError, check_memory
+
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    budget = bench_geometry.memory_budget()
+    assert budget == 8 * 2**30
+    assert bench_geometry.memory_budget("3G") == 3 * 2**30
+    for case in bench_geometry.CASES:
+        check_memory(bench_geometry._graph(case), "metrics", memory_budget=budget)
+    with pytest.raises(MemoryBudgetError, match="structured geometry"):
+        check_memory(bench_geometry._graph("resnet18-224"), "metrics")
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "5G")
+    assert bench_geometry.memory_budget() == 5 * 2**30
+
+
+def test_geometry_case_row_matches_the_dense_reference(bench_geometry, monkeypatch):
+    from deepframe.dictionary import MEMORY_BUDGET_ENV
+
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    row = bench_geometry.run_case("chain-small", 1)
+    assert row["memory_budget"] == 8 * 2**30 and row["atoms"] == 2048
+    # the structured pass and the dense Gram (an independent reference) agree
+    assert row["max_abs_diff_coherence"] < 1e-12 and row["rel_diff_fp"] < 1e-10
+
+
+def test_ratios_pair_the_calls_of_one_round(bench, monkeypatch):
+    # A scripted clock: each call advances it by its scripted seconds. Callable "a"
+    # catches one quiet spell (1.0 s) that "b" never sees; the ratio of best times
+    # reads 0.5, the median of the per-round ratios 1.0 (a/b = 1.0, 0.5, 1.1).
+    clock = {"now": 0.0}
+    script = {"a": iter([9.0, 2.0, 1.0, 2.2]), "b": iter([9.0, 2.0, 2.0, 2.0])}  # warm-up first
+    order = []
+
+    def call(name):
+        order.append(name)
+        clock["now"] += next(script[name])
+
+    monkeypatch.setattr(bench, "CLOCK", lambda: clock["now"])
+    rounds = {}
+    best = bench.time_interleaved(
+        {"a": lambda: call("a"), "b": lambda: call("b")}, 3, "cpu", rounds
+    )
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # the order rotates
+    assert rounds["a"] == pytest.approx([2.0, 1.0, 2.2]) and rounds["b"] == pytest.approx([2.0] * 3)
+    assert best == pytest.approx({"a": 1.0, "b": 2.0})
+    assert bench.paired_ratio(rounds, "a", "b") == pytest.approx(1.0)
+    assert bench.paired_ratio(rounds, "b", "a") == pytest.approx(1.0)
+
+
+def test_only_memory_children_return_freed_memory_at_once(bench, monkeypatch):
+    # The memory section reads the peak RSS, so its children map every large
+    # allocation apart; the geometry section is timed, and that setting made it
+    # about 1.8x slower, so its children keep the allocator's defaults.
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    memory = bench._child_env(["memory", "ResNet-8", "10", "2", "64"])
+    geometry = bench._child_env(["geometry", "resnet18-224"])
+    assert memory["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert "MALLOC_MMAP_THRESHOLD_" not in geometry
+    for env in (memory, geometry):
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == ROOT
