@@ -92,7 +92,9 @@ def test_architecture_differences_name_nodes_and_attributes():
 
 def test_model_metadata_holds_the_graph_text_the_options_and_the_dataset():
     g = deepframe.chain((1, 8, 8), [4, 10])
-    info = deepframe.data.DATASETS["digits"]
+    from deepframe.data import DATASETS
+
+    info = DATASETS["digits"]
     options = {"method": "deep", "iterations": 2, **info.compile_options(), "seed": 3}
     assert options["num_classes"] == info.num_classes
     assert options["mean"] == list(info.mean) and options["std"] == list(info.std)
