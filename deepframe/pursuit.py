@@ -435,7 +435,7 @@ class PursuitNet(nn.Module):
         there. With ``T = 0`` every method is the feed-forward pass.
         """
         problem = self._problem(self.normalize(x))
-        codes = self._feedforward(problem)
+        codes = self._feedforward(problem, complete=trace or self.iterations > 0)
         history = [dict(codes)] if trace else None
         if self.iterations > 0:
             problem.betas = self.betas()
@@ -467,8 +467,8 @@ class PursuitNet(nn.Module):
             segment=self._segment_length(),
         )
 
-    def _feedforward(self, problem: Problem) -> dict:
-        """L-TP (Eq. 4 / Eq. 17) with batch norm; completes ``problem``.
+    def _feedforward(self, problem: Problem, complete: bool = True) -> dict:
+        """L-TP (Eq. 4 / Eq. 17) with batch norm; completes ``problem`` if ``complete``.
 
         ``w_j = ReLU(a_j - lambda_j)`` in topological order, ``a_j =
         problem.preactivation(j, codes)``; a batch-norm node normalises ``a_j``
@@ -480,6 +480,13 @@ class PursuitNet(nn.Module):
         mu_j, 0)``. When the pursuit iterates, ``L_j`` and ``L_local_j`` are
         bounded on the scaled blocks (:meth:`_node_lipschitz`, detached; kept
         in eval mode until a weight or running statistic changes).
+
+        ``complete=False`` returns the same codes without completing the
+        problem: nothing reads it after a feed-forward pass that is neither
+        iterated nor traced, and in training mode the fold would compute each
+        batch-norm node's batch statistics a second time (about a sixth of a
+        T = 0 training step with batch norm, measured by
+        ``analysis/bench.py --section batchnorm``).
         """
         lambdas = self.lambdas()
         # Eval-mode bounds depend on the weights and running statistics only: kept
@@ -493,22 +500,25 @@ class PursuitNet(nn.Module):
         for j in self.nodes:
             a = problem.preactivation(j, codes)
             lam = lambdas[j]
-            view = (-1,) + (1,) * (a.dim() - 2)
             name = self._names[j]
-            if name in self.bn_scale:
+            batchnorm = name in self.bn_scale
+            if batchnorm:
                 gamma = self.bn_scale[name]
                 mean, var = getattr(self, f"bn_mean_{name}"), getattr(self, f"bn_var_{name}")
                 pre = F.batch_norm(a, mean, var, gamma, -lam, self.training, _BN_MOMENTUM, _BN_EPS)
+            else:
+                pre = a - lam.reshape((-1,) + (1,) * (a.dim() - 2))
+            codes[j] = F.relu(pre)
+            if not complete:
+                continue
+            threshold = lam
+            if batchnorm:
                 if self.training:
                     dims = [0] + list(range(2, a.dim()))
                     mean, var = a.mean(dims), a.var(dims, unbiased=False)
                 scale = gamma / torch.sqrt(var + _BN_EPS)
                 problem.scale_columns(j, scale)
                 threshold = lam + scale * mean
-            else:
-                pre = a - lam.reshape(view)
-                threshold = lam
-            codes[j] = F.relu(pre)
             problem.feedforward_thresholds[j] = threshold
             problem.lambdas[j] = F.relu(threshold)
             if cached is not None:

@@ -42,6 +42,20 @@ def test_floor_and_plain_networks_equal_the_compiled_solver(bench, method, skips
             torch.testing.assert_close(bench.PlainNet(net)(x), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_plain_network_with_batch_norm_equals_the_compiled_feedforward(bench, training):
+    g = df.resnet((3, 12, 12), 1, widths=(4, 6, 8), bias=0.05, batchnorm=True)
+    net = df.compile(g, method="feedforward", dtype=torch.float64).train(training)
+    plain = bench.PlainNet(net).train(training)
+    with torch.no_grad():  # the plain network has its own scales: give both the same
+        for (_, scale), j in zip(net.bn_scale.items(), plain.bn, strict=True):
+            scale.uniform_(0.5, 1.5)
+            plain.bn[j][0].copy_(scale)
+    x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), net(x), rtol=1e-12, atol=1e-12)
+
+
 def test_floor_refuses_what_it_does_not_implement(bench):
     g = df.resnet((3, 8, 8), 1, widths=(4, 6), batchnorm=True)
     with pytest.raises(ValueError, match="batch norm"):

@@ -36,20 +36,31 @@ def _shortcut(h, channels):
     return F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, pad // 2, pad - pad // 2))
 
 
-def _bn(net, j, a):
-    """An nn.BatchNorm2d with the net's running statistics, scale and -lambda shift."""
+def _bn(net, j, a, updated=None):
+    """An nn.BatchNorm2d with the net's running statistics, scale and -lambda shift.
+
+    In eval mode; in training mode (batch statistics) when ``updated`` is a
+    dict, which then receives node j's updated running statistics.
+    """
     name = net._names[j]
-    bn = torch.nn.BatchNorm2d(a.shape[1]).to(a.dtype).eval()
+    bn = torch.nn.BatchNorm2d(a.shape[1]).to(a.dtype).train(updated is not None)
     with torch.no_grad():
         bn.running_mean.copy_(getattr(net, f"bn_mean_{name}"))
         bn.running_var.copy_(getattr(net, f"bn_var_{name}"))
         bn.weight.copy_(net.bn_scale[name])
         bn.bias.copy_(-net.lambdas()[j])
-    return bn(a)
+    out = bn(a)
+    if updated is not None:
+        updated[name] = (bn.running_mean, bn.running_var)
+    return out
 
 
 def _act(net, j, a, batchnorm):
-    return F.relu(_bn(net, j, a) if batchnorm else a - _lam(net, j, a.dim()))
+    """ReLU after batch norm (``batchnorm`` True: eval mode; a dict: training mode,
+    see :func:`_bn`) or after the shift ``-lambda_j`` (``batchnorm`` False)."""
+    if batchnorm is False:
+        return F.relu(a - _lam(net, j, a.dim()))
+    return F.relu(_bn(net, j, a, None if batchnorm is True else batchnorm))
 
 
 def plain_chain(net, x, bn):
@@ -138,6 +149,34 @@ def test_feedforward_equals_plain_network(case, batchnorm, device):
     with torch.no_grad():
         logits = net.head(want.flatten(2).mean(2))
         assert torch.equal(net(x), logits)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_feedforward_in_training_mode_equals_plain_network(case):
+    """Batch statistics and running-statistic updates as nn.BatchNorm2d has them,
+    whether or not the pass completes the problem (a traced pass folds batch norm,
+    an untraced T = 0 pass does not need to)."""
+    build, plain, out = CASES[case]
+    net = df.compile(build(True), method="feedforward", dtype=f64).train()
+    with torch.no_grad():
+        for p in net.bn_scale.values():
+            p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(2), dtype=f64))
+            p.add_(0.5)
+    x = _x(net.input_shape, batch=5)
+    before = {name: buf.clone() for name, buf in net.named_buffers()}
+    updated = {}
+    with torch.no_grad():
+        want = plain(net, x, updated)
+    assert len(updated) == len(net.bn_scale) > 0
+    for traced in (False, True):
+        with torch.no_grad():
+            for name, buf in net.named_buffers():
+                buf.copy_(before[name])
+            got = net.encode(x, trace=True)[0] if traced else net.encode(x)
+        assert torch.equal(got[out], want)
+        for name, (mean, var) in updated.items():
+            assert torch.equal(getattr(net, f"bn_mean_{name}"), mean)
+            assert torch.equal(getattr(net, f"bn_var_{name}"), var)
 
 
 def test_layered_and_deep_with_zero_iterations_are_feedforward():
