@@ -25,8 +25,10 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     result = reproduce(args.out, profile="quick", jobs=args.jobs, progress=not args.quiet)
-    print(f"{len(result['models'])} models ({result['trained_now']} trained now); "
-          f"see {args.out}/report.md")
+    print(
+        f"{len(result['models'])} models ({result['trained_now']} trained now); "
+        f"see {args.out}/report.md"
+    )
 
 
 if __name__ == "__main__":

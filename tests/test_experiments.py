@@ -175,9 +175,10 @@ def test_claims_are_computed_from_the_results(run):
     assert _claim(up, "skips-feedforward")["verdict"]["fgsm"] == "supported"
     assert _claim(down, "skips-feedforward")["verdict"]["fgsm"] == "contradicted"
     # the PGD verdict reads pgd_acc, untouched here
-    assert _claim(up, "skips-feedforward")["verdict"]["pgd"] == _claim(
-        claims_table(records, selection, PROFILE), "skips-feedforward"
-    )["verdict"]["pgd"]
+    assert (
+        _claim(up, "skips-feedforward")["verdict"]["pgd"]
+        == _claim(claims_table(records, selection, PROFILE), "skips-feedforward")["verdict"]["pgd"]
+    )
 
 
 def _set(records, high, high_value, low, low_value):
@@ -265,12 +266,30 @@ def test_cli_reproduce_arguments():
     from deepframe.cli import build_parser, reproduce_command
 
     args = build_parser().parse_args(
-        ["reproduce", "--profile", "cifar-small", "--data-dir", "/data", "--out", "o",
-         "--shard", "2/3", "--jobs", "1", "--seeds", "0,1", "--quiet"]
+        [
+            "reproduce",
+            "--profile",
+            "cifar-small",
+            "--data-dir",
+            "/data",
+            "--out",
+            "o",
+            "--shard",
+            "2/3",
+            "--jobs",
+            "1",
+            "--seeds",
+            "0,1",
+            "--quiet",
+        ]
     )
     assert args.func is reproduce_command
     assert (args.profile, args.data_dir, args.shard, args.jobs, args.seeds) == (
-        "cifar-small", "/data", "2/3", 1, (0, 1)
+        "cifar-small",
+        "/data",
+        "2/3",
+        1,
+        (0, 1),
     )
     merged = build_parser().parse_args(["reproduce", "--merge", "a", "b", "--out", "c"])
     assert merged.merge == ["a", "b"]
