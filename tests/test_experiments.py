@@ -28,6 +28,8 @@ FIELDS = (
     "clean_acc",
     "fgsm_acc",
     "pgd_acc",
+    "test_clean_acc",
+    "test_images",
     "checkpoint",
     "mutual_coherence",
     "deep_frame_potential",
@@ -110,6 +112,10 @@ def test_weights_only_checkpoints_load_and_reproduce_the_clean_accuracy(run):
     model = load_model(out / record["checkpoint"])
     _, eval_set, _ = load_data(PROFILE, None, record["seed"])
     assert accuracy(model, eval_set) == record["clean_acc"]
+    # the whole held-out set, of which the attacks' images are a subset
+    held = eval_set.dataset
+    assert record["test_images"] == len(held) > len(eval_set)
+    assert accuracy(model, held) == record["test_clean_acc"]
 
 
 def test_resume_skips_finished_models(run):

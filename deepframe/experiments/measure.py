@@ -21,8 +21,9 @@ from .profiles import ModelSpec, Profile, build_graph
 __all__ = ["MEASURE_VERSION", "measure_model", "select_architecture"]
 
 #: Bump when the trace or geometry code changes what :func:`measure_model` returns
-#: (2: the geometry of the batch-norm-folded dictionary the solver solves).
-MEASURE_VERSION = 2
+#: (2: the geometry of the batch-norm-folded dictionary the solver solves; 3: clean
+#: accuracy on the whole held-out set).
+MEASURE_VERSION = 3
 
 
 @torch.no_grad()
@@ -53,8 +54,17 @@ def _geometry(model) -> dict:
     }
 
 
+def _held_out_accuracy(model, held) -> dict:
+    """Clean accuracy on every held-out image (the attacks use a subset of them)."""
+    from ..attacks import evaluate
+
+    result = evaluate(model, held)
+    return {"clean_acc": result.accuracy, "images": result.count}
+
+
 def measure_model(name: str, profile: Profile, out_dir: str | Path, data_dir=None) -> dict:
-    """Trace (Fig. 8) and geometry (Figs. 9, 10) of a trained model, cached in measure.json."""
+    """Trace (Fig. 8), geometry (Figs. 9, 10) and clean accuracy on the whole held-out
+    set (CIFAR-10: the 10,000 test images) of a trained model, cached in measure.json."""
     from ..checkpoints import load_model
 
     folder = Path(out_dir) / "models" / name
@@ -72,7 +82,12 @@ def measure_model(name: str, profile: Profile, out_dir: str | Path, data_dir=Non
     _, eval_set, _ = load_data(profile, data_dir, seed)
     count = min(profile.trace_images, len(eval_set))
     x = torch.stack([eval_set[i][0] for i in range(count)])
-    result = {"key": key, "trace": _trace(model, x), "geometry": _geometry(model)}
+    result = {
+        "key": key,
+        "trace": _trace(model, x),
+        "geometry": _geometry(model),
+        "held_out": _held_out_accuracy(model, eval_set.dataset),
+    }
     write_json(folder / "measure.json", result)
     return result
 

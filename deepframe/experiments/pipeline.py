@@ -383,6 +383,8 @@ def _record(spec, prof: Profile, result: dict, measured: dict) -> dict:
         "clean_acc": result["clean_acc"],
         "fgsm_acc": result["fgsm_acc"],
         "pgd_acc": result["pgd_acc"],
+        "test_clean_acc": measured["held_out"]["clean_acc"],
+        "test_images": measured["held_out"]["images"],
         "checkpoint": f"models/{spec.name}/model.pt",
         "parameters": result["parameters"],
         "mutual_coherence": geometry["mutual_coherence"],

@@ -57,10 +57,11 @@ def _cell(runs: list[dict], key: str, digits: int = 3) -> str:
 
 
 def _models_table(summary: dict) -> list[str]:
+    first = summary["models"][0]
     lines = [
         "| model | method | skips | n | T (ours) | adv. training | seeds | train acc | clean | "
-        "FGSM | PGD | mu | DFP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"clean, all {first['test_images']} | FGSM | PGD | mu | DFP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for base, runs in sorted(by_base(summary["models"]).items()):
         r0 = runs[0]
@@ -69,6 +70,7 @@ def _models_table(summary: dict) -> list[str]:
             for key, digits in (
                 ("train_acc", 3),
                 ("clean_acc", 3),
+                ("test_clean_acc", 3),
                 ("fgsm_acc", 3),
                 ("pgd_acc", 3),
                 ("mutual_coherence", 3),
@@ -123,7 +125,8 @@ def write_report(summary: dict, out: Path) -> str:
         f"- data: {p['dataset']}, {first['train_images']} training images (class-stratified"
         f"{', random crop + flip' if p['augment'] else ''}), every final number on "
         f"{first['eval_images']} held-out images (class-stratified, the same for all models); "
-        f"per-epoch log on the first {p['val_images']} of them",
+        f"per-epoch log on the first {p['val_images']} of them; clean accuracy also on all "
+        f"{first['test_images']} held-out images (column 'clean, all')",
         f"- architectures: 6n+2 ResNets (option-A shortcuts) with stage widths {p['widths']}, "
         f"batch norm {'on' if p['batchnorm'] else 'off'}, their chain twins (skips removed), "
         f"DenseNets with {list(p['densenet_layers'])} layers per stage (model selection)",
