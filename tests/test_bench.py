@@ -189,3 +189,15 @@ def test_only_memory_children_return_freed_memory_at_once(bench, monkeypatch):
     assert "MALLOC_MMAP_THRESHOLD_" not in geometry
     for env in (memory, geometry):
         assert env["PYTHONPATH"].split(os.pathsep)[0] == ROOT
+
+
+def test_profile_cost_deals_the_longest_models_first():
+    spec = importlib.util.spec_from_file_location(
+        "profile_cost", os.path.join(ROOT, "analysis", "profile_cost.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # 3 | 2 then 2 joins the 2, 1 joins the 3: both workers end at 4
+    assert module._schedule([1.0, 2.0, 3.0, 2.0], 2) == 4.0
+    assert module._schedule([5.0, 1.0], 3) == 5.0
+    assert module._schedule([1.0, 1.0, 1.0], 1) == 3.0
