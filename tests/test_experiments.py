@@ -142,6 +142,43 @@ def test_an_interrupted_model_resumes_from_its_checkpoint(tmp_path):
     assert again["trained_now"] == 1 and (folder / "model.pt").is_file()
 
 
+def test_an_interrupted_call_leaves_its_wall_time(tmp_path, monkeypatch):
+    from deepframe.experiments import pipeline
+
+    out = tmp_path / "run"
+    real, calls = pipeline.run_model, []
+
+    def run_two_then_stop(spec, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends
+        calls.append(spec.name)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_model", run_two_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(out, profile="test", progress=False, jobs=1, only="ff-*")
+    (entry,) = json.loads((out / "runs.json").read_text())
+    assert entry["finished"] is None and entry["trained_now"] == 2 and entry["wall_seconds"] > 0
+    monkeypatch.setattr(pipeline, "run_model", real)
+    reproduce(out, profile="test", progress=False, jobs=1, only="ff-*")
+    first, second = json.loads((out / "runs.json").read_text())
+    assert first == entry  # kept, not overwritten by the next call
+    ff = [s for s in model_specs(PROFILE, (0, 1)) if s.name.startswith("ff-")]
+    assert second["finished"] and second["trained_now"] == len(ff) - 2
+
+
+def test_report_says_which_models_no_call_timed():
+    from deepframe.experiments.report import _calls
+
+    runs = [
+        {"jobs": 2, "threads_per_job": 1, "trained_now": 3, "finished": None},
+        {"jobs": 2, "threads_per_job": 1, "trained_now": 4, "finished": "2026-11-25T22:00"},
+    ]
+    text = _calls({"runs": runs, "models": [{}] * 9})
+    assert "2 call(s), 1 interrupted" in text and "2 of the 9 models" in text
+    assert "models were trained" not in _calls({"runs": runs, "models": [{}] * 7})
+
+
 def _comparable(data: dict) -> dict:
     models = [{k: v for k, v in r.items() if k not in TIMING} for r in data["models"]]
     return {"models": sorted(models, key=lambda r: r["name"]), "claims": data["claims"]}

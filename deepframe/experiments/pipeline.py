@@ -72,8 +72,11 @@ def _worker(spec, profile, out_dir, data_dir, threads, progress):
     return spec.name, result, fresh
 
 
-def _train_all(specs, prof, out, data_dir, jobs, progress) -> tuple[dict, int]:
-    """Run every spec (``jobs`` processes at once); ``({name: result}, trained_now)``."""
+def _train_all(specs, prof, out, data_dir, jobs, progress, on_model=None) -> tuple[dict, int]:
+    """Run every spec (``jobs`` processes at once); ``({name: result}, trained_now)``.
+
+    ``on_model(trained_now)``, if given, is called after each model finishes.
+    """
     from tqdm.auto import tqdm
 
     results: dict[str, dict] = {}
@@ -84,6 +87,8 @@ def _train_all(specs, prof, out, data_dir, jobs, progress) -> tuple[dict, int]:
         nonlocal trained
         results[name] = result
         trained += fresh
+        if on_model is not None:
+            on_model(trained)
         bar.update(1)
         if progress:
             bar.write(
@@ -177,35 +182,58 @@ def reproduce(
         )
     out = Path(out_dir)
     (out / "models").mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     all_specs = model_specs(prof, seeds)
     specs = select_shard(all_specs, shard)
     if only:
         patterns = [p.strip() for p in only.split(",") if p.strip()]
         specs = [s for s in specs if any(fnmatch.fnmatch(s.name, p) for p in patterns)]
-    results, trained = _train_all(specs, prof, out, data_dir, jobs, progress)
-    wall = time.perf_counter() - started
-    _log_wall(out, wall, trained, jobs, prof)
+    call = _CallLog(out, jobs, prof)
+    results, trained = _train_all(
+        specs, prof, out, data_dir, jobs, progress, lambda n: call.update(n, finished=False)
+    )
+    call.update(trained, finished=True)
     summary = None
     if report and len(specs) == len(all_specs):
         summary = collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
     return {"trained_now": trained, "models": results, "results": summary}
 
 
-def _log_wall(out: Path, wall: float, trained: int, jobs: int, prof: Profile) -> None:
-    """Append this call's wall time to ``runs.json`` (the report sums them)."""
-    log = read_json(out / "runs.json") or []
-    log.append(
-        {
-            "wall_seconds": wall,
-            "trained_now": trained,
+class _CallLog:
+    """This call's entry in ``runs.json`` (the report sums their wall times).
+
+    Written when the call starts and again after every model, so that a call
+    interrupted before its end (a session that stops) still leaves its wall
+    time up to its last finished model; ``"finished"`` is set at its end.
+    """
+
+    def __init__(self, out: Path, jobs: int, prof: Profile):
+        self.out, self.started = out, time.perf_counter()
+        self.entry = {
+            "call": f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_seconds": 0.0,
+            "trained_now": 0,
             "jobs": jobs,
             "threads_per_job": prof.threads,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished": None,
             "environment": _environment(prof.threads, jobs),
         }
-    )
-    write_json(out / "runs.json", log)
+        self._write()
+
+    def update(self, trained: int, *, finished: bool) -> None:
+        self.entry["wall_seconds"] = time.perf_counter() - self.started
+        self.entry["trained_now"] = trained
+        if finished:
+            self.entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._write()
+
+    def _write(self) -> None:
+        log = [
+            e
+            for e in read_json(self.out / "runs.json") or []
+            if e.get("call") != self.entry["call"]
+        ]
+        write_json(self.out / "runs.json", log + [self.entry])
 
 
 def merge(

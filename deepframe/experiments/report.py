@@ -84,6 +84,23 @@ def _models_table(summary: dict) -> list[str]:
     return lines
 
 
+def _calls(summary: dict) -> str:
+    """The training calls behind the wall time: how many, interrupted, uncounted models."""
+    runs = summary["runs"]
+    interrupted = sum(1 for r in runs if r.get("finished", True) is None)
+    text = f"{len(runs)} call(s)"
+    if interrupted:
+        text += f", {interrupted} interrupted (counted up to its last finished model)"
+    text += f"; jobs x threads: {sorted({(r['jobs'], r['threads_per_job']) for r in runs})}"
+    missing = len(summary["models"]) - sum(r.get("trained_now", 0) for r in runs)
+    if missing > 0:
+        text += (
+            f"; {missing} of the {len(summary['models'])} models were trained by calls that "
+            "left no record of their wall time (the summed training time counts them)"
+        )
+    return text
+
+
 def write_report(summary: dict, out: Path) -> str:
     """Write ``out/report.md`` from ``results.json``'s content and return its text."""
     p = summary["profile"]
@@ -148,9 +165,7 @@ def write_report(summary: dict, out: Path) -> str:
         f"steps (lr {p['selection_lr']}) from seeded random weights, no data",
         f"- models: {len(summary['models'])}; summed training time "
         f"{summary['train_seconds'] / 60:.1f} min; wall time of the training calls "
-        f"{minutes:.1f} min "
-        f"({len(summary['runs'])} call(s); jobs x threads: "
-        f"{sorted({(r['jobs'], r['threads_per_job']) for r in summary['runs']})}), then "
+        f"{minutes:.1f} min ({_calls(summary)}), then "
         f"{summary['collect_seconds'] / 60:.1f} min to measure, select and report",
         f"- software and machine: deepframe {env['deepframe']}, torch {env['torch']}, numpy "
         f"{env['numpy']}, Python {env['python']}; {env['platform']}, {env['logical_cpus']} "
