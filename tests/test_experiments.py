@@ -266,6 +266,34 @@ def test_wilson_matches_scipy(k, n):
     assert math.isclose(iv.high, ref.high, abs_tol=1e-9)
 
 
+@pytest.mark.parametrize("n", [96, 359, 1000, 10000])
+def test_wilson_holds_the_proportion_at_the_ends(n):
+    for p in (0.0, 1.0):
+        iv = wilson(p, n)
+        assert 0.0 <= iv.low <= p <= iv.high <= 1.0
+    assert wilson(0.0, n).low == 0.0 and wilson(1.0, n).high == 1.0
+
+
+def test_one_seed_report_with_zero_robust_accuracy(run, tmp_path):
+    """The cifar-small setting: one seed (Wilson bars, binomial claims) and PGD at 0."""
+    import shutil
+
+    from deepframe.experiments import collect
+
+    out = tmp_path / "one-seed"
+    shutil.copytree(run[0], out)
+    for result_path in (out / "models").glob("*-seed0/result.json"):
+        result = json.loads(result_path.read_text())
+        result["pgd_acc"] = 0.0
+        result_path.write_text(json.dumps(result))
+    summary = collect(out, "test", seeds=(0,), progress=False)
+    assert summary["seeds"] == [0] and all(r["pgd_acc"] == 0.0 for r in summary["models"])
+    report = (out / "report.md").read_text()
+    assert "one seed" in report and "binomial" in report
+    for name in ("fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "fig_selection"):
+        assert (out / f"{name}.png").stat().st_size > 0, name
+
+
 def test_combination_one_seed_is_the_wald_interval_of_a_difference():
     iv = combination([(1, [0.6], 1000), (-1, [0.5], 500)])
     half = 1.959963984540054 * math.sqrt(0.6 * 0.4 / 1000 + 0.5 * 0.5 / 500)

@@ -72,7 +72,10 @@ def wilson(p: float, n: int) -> Interval:
     z2 = Z95 * Z95
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return Interval(p, centre - half, centre + half, "Wilson")
+    # The interval holds p and lies in [0, 1]; at p = 0 or 1 one end is p itself,
+    # which the two roundings above miss by up to an ulp (e.g. 2e-19 above 0).
+    low, high = max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+    return Interval(p, low, high, "Wilson")
 
 
 def _t_quantile(df: int) -> float:
@@ -141,6 +144,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Interval:
         raise ValueError(f"x and y differ in length: {n} vs {len(y)}")
     if n < 4:
         return Interval(float("nan"), None, None, f"n = {n} < 4")
+    if len(set(x)) == 1 or len(set(y)) == 1:  # no ranks to correlate
+        return Interval(float("nan"), None, None, "constant data")
     r = float(spearmanr(x, y).statistic)
     if not math.isfinite(r):
         return Interval(r, None, None, "constant data")
