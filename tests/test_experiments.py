@@ -289,15 +289,42 @@ def test_one_seed_report_with_zero_robust_accuracy(run, tmp_path):
     summary = collect(out, "test", seeds=(0,), progress=False)
     assert summary["seeds"] == [0] and all(r["pgd_acc"] == 0.0 for r in summary["models"])
     report = (out / "report.md").read_text()
-    assert "one seed" in report and "binomial" in report
+    assert "one seed" in report and "Wilson" in report
     for name in ("fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "fig_selection"):
         assert (out / f"{name}.png").stat().st_size > 0, name
 
 
-def test_combination_one_seed_is_the_wald_interval_of_a_difference():
+def _wilson_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return ci.low, ci.high
+
+
+def test_combination_one_seed_is_newcombes_interval_of_a_difference():
+    # Newcombe (1998), method 10: L = p1 - p2 - sqrt((p1 - l1)^2 + (u2 - p2)^2), U likewise
     iv = combination([(1, [0.6], 1000), (-1, [0.5], 500)])
-    half = 1.959963984540054 * math.sqrt(0.6 * 0.4 / 1000 + 0.5 * 0.5 / 500)
-    assert math.isclose(iv.value, 0.1) and math.isclose(iv.low, 0.1 - half)
+    (l1, u1), (l2, u2) = _wilson_scipy(600, 1000), _wilson_scipy(250, 500)
+    assert math.isclose(iv.value, 0.1)
+    assert math.isclose(iv.low, 0.1 - math.hypot(0.6 - l1, u2 - 0.5), rel_tol=1e-9)
+    assert math.isclose(iv.high, 0.1 + math.hypot(u1 - 0.6, 0.5 - l2), rel_tol=1e-9)
+    # both at 0: not the Wald interval's single point but +- the Wilson upper end
+    zero = combination([(1, [0.0], 1000), (-1, [0.0], 1000)])
+    _, u = _wilson_scipy(0, 1000)
+    assert zero.value == 0 and math.isclose(zero.high, u, rel_tol=1e-9)
+    assert math.isclose(zero.low, -zero.high, rel_tol=1e-12)
+
+
+def test_combination_of_four_terms_is_mover():
+    # a difference of gains, (a - b) - (c - d), as claim 4 has it
+    p, n = [0.034, 0.011, 0.022, 0.015], 1000
+    iv = combination([(1, [p[0]], n), (-1, [p[1]], n), (-1, [p[2]], n), (1, [p[3]], n)])
+    ci = [_wilson_scipy(round(v * n), n) for v in p]
+    below = (p[0] - ci[0][0], ci[1][1] - p[1], ci[2][1] - p[2], p[3] - ci[3][0])
+    above = (ci[0][1] - p[0], p[1] - ci[1][0], p[2] - ci[2][0], ci[3][1] - p[3])
+    value = p[0] - p[1] - p[2] + p[3]
+    assert math.isclose(iv.low, value - math.sqrt(sum(v * v for v in below)), rel_tol=1e-9)
+    assert math.isclose(iv.high, value + math.sqrt(sum(v * v for v in above)), rel_tol=1e-9)
 
 
 def test_combination_several_seeds_is_students_t_with_a_binomial_floor():
@@ -309,8 +336,11 @@ def test_combination_several_seeds_is_students_t_with_a_binomial_floor():
     mean = sum(d) / 3
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
     assert math.isclose(iv.high - iv.value, t.ppf(0.975, 2) * sd / math.sqrt(3))
+    assert math.isclose(iv.value - iv.low, t.ppf(0.975, 2) * sd / math.sqrt(3))
     same = combination([(1, [0.7, 0.7], 100), (-1, [0.6, 0.6], 100)])  # zero sample sd
-    assert same.high - same.value > 0.05
+    floor = combination([(1, [0.7], 200), (-1, [0.6], 200)])  # the seed means' interval
+    assert same.value == floor.value
+    assert math.isclose(same.low, floor.low) and math.isclose(same.high, floor.high)
 
 
 def test_spearman_matches_scipy_and_has_an_interval():

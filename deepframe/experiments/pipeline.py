@@ -10,6 +10,7 @@ import platform
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -209,7 +210,7 @@ class _CallLog:
     def __init__(self, out: Path, jobs: int, prof: Profile):
         self.out, self.started = out, time.perf_counter()
         self.entry = {
-            "call": f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
+            "call": uuid.uuid4().hex,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": 0.0,
             "trained_now": 0,

@@ -129,8 +129,9 @@ def write_report(summary: dict, out: Path) -> str:
         + (
             f"Student's t over the {len(seeds)} seeds of the per-seed value"
             if len(seeds) > 1
-            else "the binomial (Wald) interval of a combination of accuracies measured on "
-            f"{first['eval_images']} images (one seed)"
+            else "the score interval of a combination of accuracies measured on "
+            f"{first['eval_images']} images (one seed): Wilson's interval of each accuracy, "
+            "combined by MOVER (Zou & Donner 2008; for a difference, Newcombe's method 10)"
         )
         + "; for rank correlations Fisher's z (Bonett-Wright). Supported: every interval "
         "above 0; contradicted: some interval below 0; otherwise inconclusive at this scale.",

@@ -3,15 +3,25 @@
 Conventions (written in every report):
 
 - One seed: an accuracy measured on ``n`` images is a binomial proportion;
-  its interval is Wilson's. A linear combination ``sum_i c_i p_i`` of
+  its interval is Wilson's. A linear combination ``L = sum_i c_i p_i`` of
   accuracies of different models (a difference, a difference of gains) gets
-  the normal interval with variance ``sum_i c_i^2 p_i (1 - p_i) / n_i``
-  (models treated as independent; on the same images this is conservative
-  when their errors are positively correlated).
+  the MOVER interval built from the Wilson intervals ``[l_i, u_i]`` (Zou &
+  Donner 2008; for a difference of two it is Newcombe's 1998 hybrid score
+  interval, his method 10)::
+
+      low  = L - sqrt(sum_{c_i > 0} c_i^2 (p_i - l_i)^2 + sum_{c_i < 0} c_i^2 (u_i - p_i)^2)
+      high = L + sqrt(sum_{c_i > 0} c_i^2 (u_i - p_i)^2 + sum_{c_i < 0} c_i^2 (p_i - l_i)^2)
+
+  Models are treated as independent (on the same images this is
+  conservative when their errors are positively correlated). Unlike the
+  Wald interval it does not collapse to a point when accuracies are 0 or 1
+  (an undefended network under PGD): two models at 0 of 1,000 differ by 0
+  with the interval [-0.0038, +0.0038], not [0, 0].
 - Several seeds: the combination is computed per seed and the interval is
   Student's t over seeds (mean +- t_{0.975, s-1} sd / sqrt(s)), but never
-  narrower than the binomial interval of the seed mean: with few seeds the
-  sample sd can be near zero by chance (two seeds that happen to agree).
+  narrower on either side than the one-seed interval above of the seed means
+  (each ``p_i`` then counts ``s n_i`` images): with few seeds the sample sd
+  can be near zero by chance (two seeds that happen to agree).
 - Spearman's rank correlation: Fisher's z with the Bonett-Wright variance
   ``(1 + r^2 / 2) / (n - 3)``.
 """
@@ -111,6 +121,10 @@ def mean_interval(values: Sequence[float]) -> Interval:
 def combination(terms: Sequence[tuple[float, Sequence[float], int]]) -> Interval:
     """Interval of ``sum_i c_i p_i`` for accuracies ``p_i`` given per seed.
 
+    One seed: the MOVER interval from Wilson intervals (module docstring);
+    several: Student's t over the seeds, floored by that interval of the seed
+    means.
+
     Parameters
     ----------
     terms : sequence of ``(c_i, [p_i per seed], n_i)``
@@ -121,18 +135,28 @@ def combination(terms: Sequence[tuple[float, Sequence[float], int]]) -> Interval
     if len(seeds) != 1:
         raise ValueError(f"every term needs the same seeds, got counts {sorted(seeds)}")
     (count,) = seeds
-    # binomial variance of the seed mean of the combination
-    variance = math.fsum(
-        c * c * p[s] * (1 - p[s]) / n for c, p, n in terms for s in range(count)
-    ) / (count * count)
-    binomial_half = Z95 * math.sqrt(variance)
+    pooled = [(c, math.fsum(p) / count, n * count) for c, p, n in terms]
+    score = _mover_wilson(pooled)
     if count >= 2:
         per_seed = [math.fsum(c * p[s] for c, p, _ in terms) for s in range(count)]
         t = mean_interval(per_seed)
-        half = max(t.value - t.low, binomial_half)
-        return Interval(t.value, t.value - half, t.value + half, f"t over {count} seeds")
-    value = math.fsum(c * p[0] for c, p, _ in terms)
-    return Interval(value, value - binomial_half, value + binomial_half, "binomial (one seed)")
+        below = max(t.value - t.low, score.value - score.low)
+        above = max(t.high - t.value, score.high - score.value)
+        return Interval(t.value, t.value - below, t.value + above, f"t over {count} seeds")
+    return score
+
+
+def _mover_wilson(terms: Sequence[tuple[float, float, int]]) -> Interval:
+    """``sum_i c_i p_i`` with the MOVER interval of the Wilson intervals of the ``p_i``."""
+    value = math.fsum(c * p for c, p, _ in terms)
+    below, above = [], []
+    for c, p, n in terms:
+        iv = wilson(p, n)
+        down, up = c * (p - iv.low), c * (iv.high - p)
+        below.append(down * down if c >= 0 else up * up)
+        above.append(up * up if c >= 0 else down * down)
+    low, high = value - math.sqrt(math.fsum(below)), value + math.sqrt(math.fsum(above))
+    return Interval(value, low, high, "Wilson/MOVER (one seed)")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Interval:
