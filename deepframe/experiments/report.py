@@ -127,7 +127,9 @@ def write_report(summary: dict, out: Path) -> str:
         "Each claim is reduced to quantities that it says are positive, each with a 95% "
         "interval: for accuracies, "
         + (
-            f"Student's t over the {len(seeds)} seeds of the per-seed value"
+            f"Student's t over the {len(seeds)} seeds of the per-seed value, never narrower "
+            "than the score interval of the seed means (Wilson's interval of each accuracy, "
+            "combined by MOVER)"
             if len(seeds) > 1
             else "the score interval of a combination of accuracies measured on "
             f"{first['eval_images']} images (one seed): Wilson's interval of each accuracy, "
