@@ -929,9 +929,9 @@ def test_checkpoint_sweeps_recomputes_in_backward_and_stores_less(monkeypatch):
         calls["sweep"] += 1
         return sweep(*args)
 
-    def counted_feedforward(self, *args):  # batch-norm statistics and the L_j bounds
+    def counted_feedforward(self, *args, **kwargs):  # batch-norm statistics and the L_j bounds
         calls["feedforward"] += 1
-        return feedforward(self, *args)
+        return feedforward(self, *args, **kwargs)
 
     monkeypatch.setattr(solvers, "_gauss_seidel_sweep", counted_sweep)
     monkeypatch.setattr(PursuitNet, "_feedforward", counted_feedforward)
