@@ -18,14 +18,19 @@ import deepframe as df
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def bench():
+def _analysis_script(name: str):
+    """The module of ``analysis/<name>.py`` (a script, not a package)."""
     spec = importlib.util.spec_from_file_location(
-        "bench", os.path.join(ROOT, "analysis", "bench.py")
+        name, os.path.join(ROOT, "analysis", f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _analysis_script("bench")
 
 
 @pytest.mark.parametrize("skips", [True, False])
@@ -118,12 +123,7 @@ def test_targets_are_read_from_the_rows(bench):
 
 @pytest.fixture(scope="module")
 def bench_geometry():
-    spec = importlib.util.spec_from_file_location(
-        "bench_geometry", os.path.join(ROOT, "analysis", "bench_geometry.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _analysis_script("bench_geometry")
 
 
 def test_geometry_cases_fit_the_benchmark_budget(bench_geometry, monkeypatch):
@@ -192,11 +192,7 @@ def test_only_memory_children_return_freed_memory_at_once(bench, monkeypatch):
 
 
 def test_profile_cost_deals_the_longest_models_first():
-    spec = importlib.util.spec_from_file_location(
-        "profile_cost", os.path.join(ROOT, "analysis", "profile_cost.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _analysis_script("profile_cost")
     # 3 | 2 then 2 joins the 2, 1 joins the 3: both workers end at 4
     assert module._schedule([1.0, 2.0, 3.0, 2.0], 2) == 4.0
     assert module._schedule([5.0, 1.0], 3) == 5.0
