@@ -224,6 +224,22 @@ def test_claims_are_computed_from_the_results(run):
     )
 
 
+def test_predictor_claim_says_when_most_robust_accuracies_are_tied(run):
+    out, _ = run
+    data = json.loads((out / "results.json").read_text())
+    records = copy.deepcopy(data["models"])
+    undefended = [r for r in records if not r["adversarial_training"]]
+    for i, r in enumerate(undefended):
+        r["fgsm_acc"] = 0.1 + 0.01 * i  # all distinct
+        r["pgd_acc"] = 0.0 if i >= 3 else 0.05 * (i + 1)  # all but three at 0
+    table = _claim(
+        claims_table(records, data["selection"], PROFILE), "geometry-predicts-robustness"
+    )
+    tied = f"{len(undefended) - 3} of {len(undefended)} tied at one value"
+    assert all(tied in part["quantity"] for part in table["evidence"]["pgd"])
+    assert not any("tied" in part["quantity"] for part in table["evidence"]["fgsm"])
+
+
 def _set(records, high, high_value, low, low_value):
     changed = copy.deepcopy(records)
     for r in changed:

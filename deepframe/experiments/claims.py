@@ -12,7 +12,7 @@ and one under PGD.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from .profiles import Profile, feedforward_base, pursuit_base
 from .stats import Z95, Interval, combination, mean_and_sd, mean_interval, spearman, verdict
@@ -312,12 +312,17 @@ def claims_table(records: list[dict], selection: list[dict], profile: Profile) -
 
     def predictor_parts(key):
         parts = []
+        robust = [r[key] for r in models]
+        tied = max(Counter(robust).values())
+        # Fisher's z assumes few ties; say when most models share one accuracy (e.g. 0
+        # under PGD), so that the reader sees the correlation rests on the others
+        ties = f"; {tied} of {len(robust)} tied at one value" if 2 * tied > len(robust) else ""
         for geo, label in (("deep_frame_potential", "DFP"), ("mutual_coherence", "mu")):
-            rho = spearman([r[geo] for r in models], [r[key] for r in models])
+            rho = spearman([r[geo] for r in models], robust)
             parts.append(
                 (
                     f"-Spearman({label}, {key}) over {len(models)} trained models "
-                    f"(rho = {rho.value:+.3f})",
+                    f"(rho = {rho.value:+.3f}{ties})",
                     Interval(
                         -rho.value,
                         None if rho.high is None else -rho.high,
