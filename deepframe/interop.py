@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import state_dict_mismatch
 from .dictionary import edge_key, node_key
 from .graph import ArchitectureError, validate
 
@@ -1265,25 +1266,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: nn.Module, sd: Mapping, where: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{label} {items[:4]}{' ...' if len(items) > 4 else ''}"
-            for label, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatch", shapes),
-            )
-            if items
-        ]
-        raise ValueError(f"{where} does not fit the model: " + "; ".join(parts))
+    problem = state_dict_mismatch(model, sd)
+    if problem:
+        raise ValueError(f"{where} does not fit the model: {problem}")
     model.load_state_dict(sd)
 
 
