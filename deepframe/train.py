@@ -18,6 +18,7 @@ caller's global RNG state is saved and restored around the whole run.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -155,17 +156,20 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _training_config(
     *,
     epochs: int,
-    batch_size: int = 128,
-    optimizer: str = "sgd",
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str | None = "cosine",
-    seed: int = 0,
-    fgsm_eps: float | str | None = None,
-    adversarial: Mapping[str, float | str] | None = None,
+    batch_size: int,
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    schedule: str | None,
+    seed: int,
+    fgsm_eps: float | str | None,
+    adversarial: Mapping[str, float | str] | None,
 ) -> dict:
-    """The settings of :func:`train`, checked up front, as stored in the checkpoint."""
+    """The settings of :func:`train`, checked up front, as stored in the checkpoint.
+
+    No defaults here: :func:`train`'s signature holds them (:func:`_with_defaults`).
+    """
 
     def integer(name, value, minimum):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -195,6 +199,17 @@ def _training_config(
     _check_name("optimizer", optimizer, OPTIMIZERS, none_ok=False)
     _check_name("schedule", schedule, SCHEDULES, none_ok=True)
     return config
+
+
+def _with_defaults(settings: Mapping[str, Any]) -> dict:
+    """``settings`` completed with :func:`train`'s defaults for the others."""
+    names = inspect.signature(_training_config).parameters
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(train).parameters.items()
+        if name in names and p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **settings}
 
 
 def _adversarial_config(adversarial: Mapping | None) -> dict | None:
@@ -306,7 +321,7 @@ def resume_state(
         The checkpoint was trained with other settings or another model
         (the message lists every difference).
     """
-    config = _training_config(**settings)
+    config = _training_config(**_with_defaults(settings))
     path = Path(checkpoint_dir) / CHECKPOINT_NAME
     if not path.exists():
         return None
