@@ -454,7 +454,7 @@ def conv_groups(specs) -> list[tuple[int, ...]]:
     groups: dict = {}
     for i, spec in enumerate(specs):
         op = spec.op
-        if op.kind in ("conv", "project"):
+        if ops.edge_kind(op.kind).grouped_conv:
             key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
             groups.setdefault(key, []).append(i)
     return [tuple(v) for v in groups.values() if len(v) > 1]

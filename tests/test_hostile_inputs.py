@@ -140,13 +140,14 @@ def test_lipschitz_bound_estimate_follows_the_periodic_grid(
     """The bound's size uses the grid that deepframe.ops.conv_sqnorm_bound builds."""
     from deepframe import ops
     from deepframe.ops import OpSpec
+    from deepframe.ops.conv import _live_taps
 
     out = [ops.conv_output_size(n, kernel_size, stride, padding) for n in in_shape[1:]]
     spec = OpSpec("conv", in_shape, (c_out, *out), stride, kernel_size, padding, "w")
     k = torch.ones((c_out, in_shape[0], kernel_size, kernel_size), dtype=torch.float64)
     grid = []
     for axis, size in zip((2, 3), in_shape[1:]):
-        live, period = ops._live_taps(k, axis, size, stride, padding)
+        live, period = _live_taps(k, axis, size, stride, padding)
         if live.shape[axis] == kernel_size:  # no dead taps: the estimate's grid is exact
             grid.append(-(-period // stride))
     if len(grid) == 2:
