@@ -362,6 +362,45 @@ class Operator(ABC):
     #: a ``(C, H, W)`` / a ``(d,)`` activation (0: never).
     draw_weights: ClassVar[tuple[float, float]] = (0.0, 0.0)
 
+    # -- the kind in a PyTorch model (deepframe.interop) ----------------------
+    @classmethod
+    def torch_edge(
+        cls,
+        weight: torch.Tensor | None,
+        src_shape: Shape,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        out_channels: int = 0,
+        pad_before: int = 0,
+        scale: torch.Tensor | None = None,
+    ) -> tuple[dict, torch.Tensor | None]:
+        """The graph attributes (``op`` included) and the weight of an edge of this kind
+        that computes a map read from a PyTorch model (:func:`deepframe.from_torch`).
+
+        ``weight`` is the map's weight in torch's layout (``None`` for a
+        parameter-free kind), ``src_shape`` its source's shape; ``stride``,
+        ``padding``, ``out_channels`` and ``pad_before`` describe it as the
+        importer read it; ``scale`` is a per-output-channel factor a batch norm
+        put on a parameter-free map. The edge may be of another kind when that
+        states the same map more simply (an option-A shortcut that neither
+        subsamples nor pads is an identity; a scaled selection is a learned 1x1
+        map with the selection as its weight).
+        """
+        raise NotImplementedError(f"{cls.__name__}.torch_edge: write the kind as an edge")
+
+    @classmethod
+    def torch_subsampled(cls, stride: int, step: int) -> tuple[type[Operator], int]:
+        """``(kind, stride)`` of this kind's map (with ``stride``) followed by the
+        subsampling ``x[:, :, ::step, ::step]`` of its output, as an edge kind.
+
+        Raises
+        ------
+        ValueError
+            The kind's output is not a feature map that subsampling applies to.
+        """
+        raise ValueError(f"op {cls.kind!r}: its output cannot be subsampled as a feature map")
+
     # -- the operator's structure ---------------------------------------------
     def taps(self) -> TapStructure | None:
         """The per-axis tap structure of an operator between two ``(C, H, W)`` maps,

@@ -32,6 +32,13 @@ from .dense import Dense
 __all__ = ["Conv", "Project", "conv_sqnorm_bound"]
 
 
+def _pair(v) -> tuple:
+    """torch's ``int or (int, int)`` argument as a pair."""
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(v) if len(v) == 2 else (v[0], v[0])
+
+
 def _dft_matrix(period: int, taps: int, rows: int, device) -> torch.Tensor:
     """``exp(-2 pi i u b / period)`` for ``u < rows``, ``b < taps`` (complex128)."""
     u = torch.arange(rows, dtype=torch.float64, device=device)
@@ -255,6 +262,57 @@ class Conv(Operator):
             return []
         k, s, p = rng.choice(found)
         return [{"kernel_size": k, "stride": s, "padding": p}]
+
+    @classmethod
+    def read_torch(
+        cls, weight: torch.Tensor, stride, padding, dilation, groups, padding_mode="zeros"
+    ) -> tuple[int, int]:
+        """``(stride, padding)`` of the kind for ``conv2d(x, weight, ...)`` as torch
+        states it (``nn.Conv2d``'s attributes or ``F.conv2d``'s arguments).
+
+        Raises
+        ------
+        ValueError
+            ``"<what>; <hint>"``: arguments the kind cannot represent.
+        """
+        if groups != 1:
+            raise ValueError(f"grouped convolution (groups={groups}); only groups=1 is supported")
+        if _pair(dilation) != (1, 1):
+            raise ValueError(f"dilated convolution (dilation={dilation}); only dilation=1")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode={padding_mode!r}; only zero padding is supported")
+        if weight.dim() != 4:
+            raise ValueError(f"a conv weight of shape {tuple(weight.shape)}; only 2-D convolutions")
+        k = weight.shape[-1]
+        if weight.shape[-2] != k:
+            raise ValueError(f"a non-square kernel {tuple(weight.shape[-2:])}; square kernels")
+        s = _pair(stride)
+        if s[0] != s[1]:
+            raise ValueError(f"stride {stride}; equal strides along both axes are supported")
+        if padding == "valid":
+            p = (0, 0)
+        elif padding == "same":
+            if k % 2 == 0 or s[0] != 1:
+                raise ValueError("padding='same' with an even kernel or a stride; use numbers")
+            p = (k // 2, k // 2)
+        else:
+            p = _pair(padding)
+        if p[0] != p[1]:
+            raise ValueError(f"padding {padding}; equal padding along both axes is supported")
+        return s[0], p[0]
+
+    @classmethod
+    def torch_edge(cls, weight, src_shape, *, stride=1, padding=0, **unused):
+        """A ``conv`` edge: ``kernel_size`` and ``padding`` always, ``stride`` when not 1."""
+        attrs = {"op": Conv.kind, "kernel_size": int(weight.shape[-1]), "padding": int(padding)}
+        if stride != 1:
+            attrs["stride"] = int(stride)
+        return attrs, weight
+
+    @classmethod
+    def torch_subsampled(cls, stride, step):
+        """A stride-``r`` convolution subsampled by ``s`` is the stride-``r s`` one."""
+        return Conv, stride * step
 
     def __init__(
         self,

@@ -58,6 +58,11 @@ class Dense(Operator):
     def between(cls, rng, src, dst, limits):
         return [{}] if len(dst) == 1 else []
 
+    @classmethod
+    def torch_edge(cls, weight, src_shape, **unused):
+        """A ``dense`` edge; the weight flattened to ``(d_out, prod(src_shape))``."""
+        return {"op": Dense.kind}, weight.reshape(weight.shape[0], -1)
+
     def __init__(self, weight: torch.Tensor, in_shape: Sequence[int]):
         d_out, d_in = weight.shape
         if math.prod(in_shape) != d_in:

@@ -17,8 +17,32 @@ from .base import (
     _strides_between,
     _sub_size,
 )
+from .conv import Conv
+from .dense import Dense
 
-__all__ = ["Identity", "Shortcut"]
+__all__ = ["Identity", "Shortcut", "selection_matrix"]
+
+
+def selection_matrix(
+    in_channels: int, out_channels: int, pad_before: int, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The channel map of a selection: ``M[c + pad_before, c] = scale[c + pad_before]``
+    (1 without a scale), ``(out_channels, in_channels)`` float64."""
+    m = torch.zeros((out_channels, in_channels), dtype=torch.float64)
+    index = torch.arange(in_channels)
+    if scale is None:
+        scale = torch.ones(out_channels, dtype=torch.float64)
+    m[index + pad_before, index] = scale[index + pad_before]
+    return m
+
+
+def _scaled_selection(src_shape, out_channels, stride, pad_before, scale):
+    """A selection scaled per output channel: a learned 1x1 conv (or a dense map between
+    vectors) whose weight is the scaled selection."""
+    weight = selection_matrix(src_shape[0], out_channels, pad_before, scale)
+    if len(src_shape) == 1:
+        return Dense.torch_edge(weight, src_shape)
+    return Conv.torch_edge(weight[:, :, None, None], src_shape, stride=stride, padding=0)
 
 
 class Identity(Operator):
@@ -54,6 +78,18 @@ class Identity(Operator):
     @classmethod
     def between(cls, rng, src, dst, limits):
         return [{}] if src == dst else []
+
+    @classmethod
+    def torch_edge(cls, weight, src_shape, *, out_channels=0, scale=None, **unused):
+        """An ``identity`` edge, or with a ``scale`` the learned map ``diag(scale)``."""
+        if scale is not None:
+            return _scaled_selection(src_shape, out_channels, 1, 0, scale)
+        return {"op": Identity.kind}, None
+
+    @classmethod
+    def torch_subsampled(cls, stride, step):
+        """Subsampling a map is the option-A shortcut's subsampling (no padding)."""
+        return Shortcut, stride * step
 
     def __init__(self, shape: Sequence[int]):
         super().__init__(shape, shape)
@@ -147,6 +183,27 @@ class Shortcut(Operator):
         if len(src) != 3 or len(dst) != 3 or dst[0] < src[0]:
             return []
         return [{"stride": s} for s in _strides_between(src, dst, limits.strides)]
+
+    @classmethod
+    def torch_edge(
+        cls, weight, src_shape, *, stride=1, out_channels=0, pad_before=0, scale=None, **unused
+    ):
+        """A ``shortcut`` edge (``pad_before`` when not the default), an ``identity``
+        when it neither subsamples nor pads, the learned selection with a ``scale``."""
+        if scale is not None:
+            return _scaled_selection(src_shape, out_channels, stride, pad_before, scale)
+        c_in = src_shape[0]
+        if stride == 1 and out_channels == c_in:
+            return Identity.torch_edge(None, src_shape)
+        attrs = {"op": Shortcut.kind, "stride": int(stride)}
+        if pad_before != (out_channels - c_in) // 2:
+            attrs["pad_before"] = int(pad_before)
+        return attrs, None
+
+    @classmethod
+    def torch_subsampled(cls, stride, step):
+        """Subsampling a shortcut's output: the shortcut with stride ``r s``."""
+        return Shortcut, stride * step
 
     def __init__(
         self,
