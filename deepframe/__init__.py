@@ -37,7 +37,7 @@ _EXPORTS = {
     "frame_potential_bound": "geometry",
     "gram_metrics": "geometry",
     "lower_bounds": "geometry",
-    "metrics_report": "cli",
+    "metrics_report": "geometry",
     "minimize_frame_potential": "geometry",
     "mutual_coherence": "geometry",
     "welch_bound": "geometry",
@@ -123,7 +123,6 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .attacks import audit, fgsm, pgd
     from .checkpoints import load_model
-    from .cli import metrics_report
     from .dictionary import GlobalDictionary, MemoryBudgetError, dictionary
     from .geometry import (
         GramTooLargeError,
@@ -133,6 +132,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         frame_potential_bound,
         gram_metrics,
         lower_bounds,
+        metrics_report,
         minimize_frame_potential,
         mutual_coherence,
         welch_bound,

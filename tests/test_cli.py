@@ -237,7 +237,8 @@ def test_describe_help_explains_the_spec_syntax(capsys):
 
 
 def test_cli_lists_match_the_library():
-    from deepframe.cli import DATASET_EPS, METHOD_ITERATIONS
+    from deepframe.cli.arguments import DATASET_EPS
+    from deepframe.cli.train import METHOD_ITERATIONS
     from deepframe.data import DATASETS
     from deepframe.pursuit import METHODS
 
@@ -264,7 +265,7 @@ def test_train_choices_are_the_training_loops_names():
 def test_default_attack_eps_are_a_ladder_up_to_the_data_sets_eps(eps, ladder):
     from fractions import Fraction
 
-    from deepframe.cli import _eps_ladder
+    from deepframe.cli.arguments import _eps_ladder
 
     got = _eps_ladder(eps)
     values = [float(Fraction(v)) for v in got.split(",")]

@@ -382,7 +382,7 @@ def test_rerunning_a_finished_run_says_it_is_complete(inputs, monkeypatch, capsy
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
-    import deepframe.cli as cli
+    import deepframe.cli.describe as cli
 
     def broken(args):
         raise RuntimeError("boom\nsecond line of a long message")
@@ -405,7 +405,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatc
 
 
 def test_interrupt_is_one_line(monkeypatch, capsys):
-    import deepframe.cli as cli
+    import deepframe.cli.train as cli
 
     def interrupted(args):
         raise KeyboardInterrupt

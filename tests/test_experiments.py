@@ -380,7 +380,8 @@ def test_verdict_rules():
 
 
 def test_cli_reproduce_arguments():
-    from deepframe.cli import build_parser, reproduce_command
+    from deepframe.cli import build_parser
+    from deepframe.cli.reproduce import reproduce_command
 
     args = build_parser().parse_args(
         [

@@ -27,14 +27,12 @@ The package follows the sections of docs/geometry.md:
 :mod:`.results`           :class:`GramMetrics`, how an atom is named
 :mod:`.bounds`            the architecture-dependent lower bounds
 :mod:`.minimize`          minimum deep frame potential (dataless model selection)
+:mod:`.report`            :func:`metrics_report`, all of the above as one JSON-ready
+                          dict (what ``deepframe metrics`` prints)
 ========================  =====================================================
-
-The JSON report behind ``deepframe metrics`` is :func:`deepframe.cli.metrics_report`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from ..dictionary import DEFAULT_MEMORY_BUDGET  # noqa: F401 - importable here as before
 from .bounds import lower_bounds
@@ -50,6 +48,7 @@ from .metrics import (  # noqa: F401 - METHODS importable here as before
     mutual_coherence,
 )
 from .minimize import FramePotentialResult, minimize_frame_potential
+from .report import metrics_report
 from .results import GramMetrics
 from .welch import FIELDS, frame_potential_bound, welch_bound  # noqa: F401 - FIELDS as before
 
@@ -64,6 +63,7 @@ __all__ = [
     "measure",
     "lower_bounds",
     "minimize_frame_potential",
+    "metrics_report",
     "GramMetrics",
     "Measurement",
     "FramePotentialResult",
@@ -72,13 +72,3 @@ __all__ = [
 
 # Importable here as before but not listed: DEFAULT_MEMORY_BUDGET (deepframe.dictionary's
 # default cap on the dense Gram and on structured work buffers), METHODS and FIELDS.
-
-
-def __getattr__(name: str) -> Any:
-    # ``deepframe.geometry.metrics_report`` was defined here; the command-line report
-    # now lives with the command line.
-    if name == "metrics_report":
-        from ..cli import metrics_report
-
-        return metrics_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
