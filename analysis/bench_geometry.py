@@ -80,7 +80,7 @@ BENCH_MEMORY_BUDGET = "8G"
 def memory_budget(value: str | int | None = None) -> int:
     """The budget of a case in bytes: ``value``, else ``DEEPFRAME_MEMORY_BUDGET``, else
     :data:`BENCH_MEMORY_BUDGET`."""
-    from deepframe.dictionary import MEMORY_BUDGET_ENV, resolve_memory_budget
+    from deepframe.memory import MEMORY_BUDGET_ENV, resolve_memory_budget
 
     if value is None and not os.environ.get(MEMORY_BUDGET_ENV, "").strip():
         value = BENCH_MEMORY_BUDGET

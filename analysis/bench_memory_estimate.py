@@ -1,6 +1,6 @@
 """Benchmark: measured peak memory against deepframe's estimates.
 
-``deepframe.dictionary.estimate_memory(g)`` is what ``metrics_report`` and
+``deepframe.memory.estimate_memory(g)`` is what ``metrics_report`` and
 ``compile`` check against the memory budget before they allocate. This script
 measures the real peak (``getrusage(RUSAGE_SELF).ru_maxrss`` growth, each case
 in its own subprocess) of the structured geometry (``metrics_report``,
@@ -48,7 +48,7 @@ _CHILD = """
 import json, resource, sys, torch
 torch.set_num_threads(1)
 import deepframe as df
-from deepframe.dictionary import estimate_memory
+from deepframe.memory import estimate_memory
 from deepframe.graph import from_spec
 g = from_spec(sys.argv[1])
 D = df.dictionary(g, seed=0)
@@ -64,7 +64,7 @@ import json, os, resource, sys, torch
 torch.set_num_threads(1)
 os.environ["DEEPFRAME_MEMORY_BUDGET"] = "64G"
 import deepframe as df
-from deepframe.dictionary import estimate_memory
+from deepframe.memory import estimate_memory
 from deepframe.graph import from_spec
 g = from_spec(sys.argv[1])
 net = df.compile(g, method="deep", iterations=1)

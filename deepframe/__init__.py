@@ -28,7 +28,7 @@ _EXPORTS = {
     "save": "graph",
     "validate": "graph",
     "GlobalDictionary": "dictionary",
-    "MemoryBudgetError": "dictionary",
+    "MemoryBudgetError": "memory",
     "dictionary": "dictionary",
     "GramTooLargeError": "geometry",
     "coherence_breakdown": "geometry",
@@ -123,7 +123,7 @@ _sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .attacks import audit, fgsm, pgd
     from .checkpoints import load_model
-    from .dictionary import GlobalDictionary, MemoryBudgetError, dictionary
+    from .dictionary import GlobalDictionary, dictionary
     from .geometry import (
         GramTooLargeError,
         coherence_breakdown,
@@ -139,5 +139,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .graph import ArchitectureError, chain, densenet, load, resnet, save, validate
     from .interop import from_torch
+    from .memory import MemoryBudgetError
     from .pursuit import PursuitNet, Trace, compile
     from .train import train

@@ -1,71 +1,57 @@
-"""Compilation of an architecture graph into its global dictionary (docs/concepts.md).
+"""The global dictionary ``D`` of an architecture graph and its weights (docs/concepts.md).
 
 The global non-negative LASSO of a network is
 
     minimise_{w >= 0}  F(w) = 1/2 sum_t ||r_t(w)||^2 + sum_j <lambda_j, w_j>
 
-with one residual *term* ``r_t`` per edge (edge-centric nodes) or per node
-(node-centric nodes, ``merge="input"``). Every term has one synthesis block
-(node ``j``, operator ``B_t = A_t^T`` with ``A_t`` the analysis operator) and
-target blocks (nodes ``k``, operators ``P_tk``):
-
-    r_t = sum_k P_tk w_k + sum_inputs P_t,x x - B_t w_j
-
-Edge ``k -> j`` (edge-centric): ``A_t`` is the edge operator, ``P_tk = I``
-(Eq. 12 for a chain). Node-centric node ``j``: ``A_t`` is the node's own
-operator and ``P_tk = E_jk`` the edge operators (Eq. 16-18).
-
+with one residual term ``r_t = sum_k P_tk w_k + sum_inputs P_t,x x - B_t w_j``
+per edge or node-centric node (:mod:`deepframe.terms`, which builds them).
 Stacking all terms gives ``r = y - D w``: row block ``t`` of ``D`` holds
 ``B_t`` at column block ``j`` and ``-P_tk`` at column blocks ``k``; the target
 ``y`` holds the input's contributions. Column blocks follow
 :func:`deepframe.graph.activation_nodes`; row blocks follow the terms in the
 order of their synthesis node, then their target's name.
 
-Memory. Everything that allocates by the size of an architecture (weight
-initialisation, :func:`deepframe.compile`, the geometry) first estimates the
-bytes it needs (:func:`estimate_memory`) and refuses with
-:class:`MemoryBudgetError`, stating the estimate, when that exceeds the
-memory budget: the ``memory_budget`` argument, else the environment variable
-``DEEPFRAME_MEMORY_BUDGET`` (``"16G"``, ``"512M"``, bytes), else
-:data:`DEFAULT_MEMORY_BUDGET` (2 GiB).
+This module holds the weights of a graph (:func:`random_weights`,
+:func:`node_lambdas`, a weights mapping's layout and :func:`split_weights`),
+the objective ``F`` (:func:`lasso_objective`) and :class:`GlobalDictionary`,
+the operator ``D`` (:func:`dictionary` builds it). Random weights are checked
+against the memory budget first (:func:`deepframe.memory.check_memory`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
 
 from . import ops
-from ._io import format_bytes, parse_size
-from .graph import activation_nodes, input_node, output_node, validate
-from .ops import OpSpec
+from .graph import validate
+
+# Names marked "kept" stay importable from here for callers in modules being refactored
+# meanwhile, until they import them from deepframe.memory / deepframe.terms:
+# DEFAULT_MEMORY_BUDGET (deepframe/geometry/__init__.py), check_memory (deepframe/cli.py,
+# deepframe/pursuit.py), Term (deepframe/solvers.py, deepframe/pursuit.py), structure
+# (deepframe/pursuit.py), edge_key (deepframe/interop/importer.py), parameter_shapes
+# (deepframe/cli.py).
+from .memory import (
+    DEFAULT_MEMORY_BUDGET,  # noqa: F401 - kept
+    check_memory,
+)
+from .terms import (
+    Structure,
+    Term,  # noqa: F401 - kept
+    build_terms,
+    edge_key,  # noqa: F401 - kept
+    parameter_shapes,  # noqa: F401 - kept
+    structure,
+)
 
 __all__ = [
-    "DEFAULT_MEMORY_BUDGET",
-    "MEMORY_BUDGET_ENV",
-    "MemoryBudgetError",
-    "MemoryEstimate",
-    "check_memory",
-    "estimate_memory",
-    "format_bytes",
-    "parse_size",
-    "resolve_memory_budget",
-    "Term",
-    "Structure",
-    "structure",
     "GlobalDictionary",
     "dictionary",
-    "parameter_shapes",
-    "build_terms",
-    "term_specs",
-    "TermSpec",
-    "OpSpec",
-    "edge_key",
     "random_weights",
     "node_lambdas",
     "node_key",
@@ -75,50 +61,11 @@ __all__ = [
     "HEAD_KEYS",
 ]
 
-#: Per-node tensors a weights mapping may hold besides the edge weights, under
-#: :func:`node_key`: the sparsity weight ``lambda_j`` (minus the bias of the
-#: network the weights come from; any sign) and, for nodes with
-#: ``batchnorm=True``, the batch norm's scale ``gamma``, running mean, running
 #: variance and ``eps``.
 NODE_TENSORS = ("lambda", "bn_scale", "bn_mean", "bn_var", "bn_eps")
 _BN_EPS = 1e-5  # a weights mapping's batch norm without "bn_eps:j": the solvers' eps
 #: Keys of the classifier head (global average pooling + linear) in a weights mapping.
 HEAD_KEYS = ("head.weight", "head.bias")
-
-
-#: Bytes a single call may allocate by default (raise it per call with
-#: ``memory_budget=``, or for every call with ``DEEPFRAME_MEMORY_BUDGET``).
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-#: Environment variable that sets the memory budget when no argument does.
-MEMORY_BUDGET_ENV = "DEEPFRAME_MEMORY_BUDGET"
-
-
-class MemoryBudgetError(MemoryError, ValueError):
-    """A request would need more memory than the budget; the message states the estimate."""
-
-
-def resolve_memory_budget(memory_budget: int | str | None = None) -> int:
-    """The budget in bytes: the argument, else ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
-
-    Raises
-    ------
-    ValueError
-        The argument or the environment variable is not a positive size.
-    """
-    if memory_budget is not None:
-        return parse_size(memory_budget)
-    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
-    if not text:
-        return DEFAULT_MEMORY_BUDGET
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {MEMORY_BUDGET_ENV}: {exc}") from None
-
-
-def edge_key(k, j) -> str:
-    """Name of the weight of edge ``k -> j``: ``"k->j"``."""
-    return f"{k}->{j}"
 
 
 def node_key(j, what: str) -> str:
@@ -127,50 +74,6 @@ def node_key(j, what: str) -> str:
     if what not in NODE_TENSORS:
         raise ValueError(f"node_key: unknown per-node tensor {what!r}; expected {NODE_TENSORS}")
     return f"{what}:{j}"
-
-
-@dataclass
-class Term:
-    """One residual term ``r_t = sum_k P_tk w_k + sum P x - A_t^T w_synth``.
-
-    Attributes
-    ----------
-    name : str
-        ``"k->j"`` for an edge term, ``"j"`` for a node-centric term.
-    synth : node
-        The node whose code is synthesised (column block of ``B_t``).
-    op : deepframe.ops.Operator
-        The analysis operator ``A_t`` (``B_t = A_t^T``); ``op.in_shape`` is the
-        residual's shape, ``op.out_shape`` the synthesis node's shape.
-    targets : list of (node, Operator)
-        Activation nodes ``k`` and operators ``P_tk`` (``forward`` applies ``P``).
-    inputs : list of Operator
-        Operators applied to the network input ``x``.
-    """
-
-    name: str
-    synth: object
-    op: ops.Operator
-    targets: list = field(default_factory=list)
-    inputs: list = field(default_factory=list)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.op.in_shape
-
-    @property
-    def size(self) -> int:
-        return self.op.in_size
-
-    def residual(self, codes: Mapping, x: torch.Tensor | None) -> torch.Tensor:
-        """``r_t`` for a batch of codes ``{node: (B, *shape)}`` and input ``x``."""
-        r = -self.op.adjoint(codes[self.synth])
-        for k, p in self.targets:
-            r = r + p.forward(codes[k])
-        if x is not None:
-            for p in self.inputs:
-                r = r + p.forward(x)
-        return r
 
 
 def lasso_objective(residuals, codes: Mapping, lambdas: Mapping, nodes=None) -> torch.Tensor:
@@ -205,42 +108,6 @@ def _penalty(codes: Mapping, lambdas: Mapping, nodes) -> torch.Tensor:
     return total
 
 
-# --------------------------------------------------------------------------
-# parameters of a graph
-# --------------------------------------------------------------------------
-def _weight_shape(op: str, attrs: Mapping, in_shape, out_shape):
-    """``(shape, fan_in)`` of an operator's learned weight (the edge kind's
-    :meth:`deepframe.ops.Operator.weight_shape`), ``None`` if parameter-free."""
-    return ops.edge_kind(op).weight_shape(attrs, tuple(in_shape), tuple(out_shape))
-
-
-def parameter_shapes(g: nx.DiGraph | Structure) -> dict[str, tuple[tuple[int, ...], int]]:
-    """Learned weights of a validated graph: ``{key: (shape, fan_in)}`` in a fixed order.
-
-    Keys are ``"k->j"`` for parametrised edges and ``"j"`` for the operators of
-    node-centric nodes. Order: by activation node, edges before the node's own
-    operator, edges sorted by source name. ``g`` may be the graph's
-    :class:`Structure`.
-    """
-    return dict(structure(g).parameters)
-
-
-def _parameter_shapes(g: nx.DiGraph, nodes) -> dict[str, tuple[tuple[int, ...], int]]:
-    shapes = {}
-    for j in nodes:
-        for k in sorted(g.predecessors(j), key=str):
-            a = g.edges[k, j]
-            spec = _weight_shape(a.get("op", "identity"), a, a["in_shape"], a["out_shape"])
-            if spec is not None:
-                shapes[edge_key(k, j)] = spec
-        na = g.nodes[j]
-        if na.get("merge", "edge") == "input":
-            spec = _weight_shape(na["op"], na, na["input_shape"], na["shape"])
-            if spec is not None:
-                shapes[str(j)] = spec
-    return shapes
-
-
 def random_weights(
     g: nx.DiGraph | Structure,
     *,
@@ -255,7 +122,7 @@ def random_weights(
     ------
     MemoryBudgetError
         The weights would need more than the memory budget (see
-        :func:`check_memory`); nothing is allocated.
+        :func:`deepframe.memory.check_memory`); nothing is allocated.
     """
     s = structure(g)
     check_memory(s, "weights", dtype=dtype, memory_budget=memory_budget)
@@ -288,7 +155,7 @@ def split_weights(
     A weights mapping (what :func:`deepframe.from_torch` returns, what
     :func:`dictionary` and :func:`deepframe.compile` accept) holds
 
-    * every key of :func:`parameter_shapes` (``"k->j"``, and ``"j"`` for
+    * every key of :func:`deepframe.terms.parameter_shapes` (``"k->j"``, and ``"j"`` for
       node-centric operators) with a tensor of that shape;
     * optionally, per node ``j``, ``"lambda:j"`` (shape ``(C,)``/``(d,)``) and,
       for ``batchnorm=True`` nodes, ``"bn_scale:j"``, ``"bn_mean:j"``,
@@ -299,13 +166,13 @@ def split_weights(
     Parameters
     ----------
     g : networkx.DiGraph or Structure
-        A validated graph (or its :class:`Structure`).
+        A validated graph (or its :class:`~deepframe.terms.Structure`).
     weights : mapping of str to torch.Tensor
 
     Returns
     -------
     edges : dict
-        ``{key: tensor}`` for the keys of :func:`parameter_shapes`.
+        ``{key: tensor}`` for the keys of :func:`deepframe.terms.parameter_shapes`.
     nodes : dict
         ``{what: {node: tensor}}`` for ``what`` in :data:`NODE_TENSORS`.
     head : dict
@@ -377,307 +244,6 @@ def split_weights(
     return edges, nodes, head
 
 
-@dataclass(frozen=True)
-class TermSpec:
-    """A weight-independent description of one term (see :class:`Term`)."""
-
-    name: str
-    synth: object
-    op: OpSpec
-    targets: tuple = ()
-    inputs: tuple = ()
-
-    def build(self, weights: Mapping[str, torch.Tensor]) -> Term:
-        return Term(
-            self.name,
-            self.synth,
-            self.op.build(weights),
-            [(k, p.build(weights)) for k, p in self.targets],
-            [p.build(weights) for p in self.inputs],
-        )
-
-
-def _op_spec(op: str, attrs: Mapping, in_shape, out_shape, key: str) -> OpSpec:
-    """The :class:`deepframe.ops.OpSpec` the edge kind ``op`` makes of ``attrs``."""
-    return ops.edge_kind(op).spec(attrs, tuple(in_shape), tuple(out_shape), key)
-
-
-def term_specs(g: nx.DiGraph | Structure) -> list[TermSpec]:
-    """The residual terms of a validated graph, without weights (docs/concepts.md).
-
-    Edge-centric node ``j``: one term per incoming edge ``k -> j`` (synthesis by the
-    edge operator, target ``w_k`` or ``x`` through the identity). Node-centric node
-    ``j``: one term (synthesis by the node's operator, targets through the edges).
-    ``g`` may be the graph's :class:`Structure` (which holds them).
-    """
-    return list(structure(g).terms)
-
-
-def _term_specs(g: nx.DiGraph, src, nodes) -> list[TermSpec]:
-    specs = []
-    for j in nodes:
-        na = g.nodes[j]
-        preds = sorted(g.predecessors(j), key=str)
-        if na.get("merge", "edge") == "edge":
-            for k in preds:
-                a = g.edges[k, j]
-                op = _op_spec(a["op"], a, a["in_shape"], a["out_shape"], edge_key(k, j))
-                ident = _op_spec("identity", {}, a["in_shape"], a["in_shape"], edge_key(k, j))
-                if k == src:
-                    specs.append(TermSpec(edge_key(k, j), j, op, inputs=(ident,)))
-                else:
-                    specs.append(TermSpec(edge_key(k, j), j, op, targets=((k, ident),)))
-        else:
-            op = _op_spec(na["op"], na, na["input_shape"], na["shape"], str(j))
-            targets, inputs = [], []
-            for k in preds:
-                a = g.edges[k, j]
-                e = _op_spec(
-                    a.get("op", "identity"), a, a["in_shape"], a["out_shape"], edge_key(k, j)
-                )
-                (inputs.append(e) if k == src else targets.append((k, e)))
-            specs.append(TermSpec(str(j), j, op, tuple(targets), tuple(inputs)))
-    return specs
-
-
-def build_terms(g: nx.DiGraph | Structure, weights: Mapping[str, torch.Tensor]) -> list[Term]:
-    """The residual terms of a validated graph with the given weights (docs/concepts.md)."""
-    return [spec.build(weights) for spec in structure(g).terms]
-
-
-# --------------------------------------------------------------------------
-# the compiled structure
-# --------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Structure:
-    """Everything about a validated graph that does not depend on its weights, built
-    once by :func:`structure` and handed down (graph -> dictionary -> pursuit).
-
-    Attributes
-    ----------
-    graph : networkx.DiGraph
-        The validated graph (shapes annotated). Not copied: do not modify it.
-    input, output : node
-        The input node and the node feeding the classifier head
-        (:func:`deepframe.graph.input_node`, :func:`deepframe.graph.output_node`).
-    input_shape : tuple of int
-    nodes : tuple
-        Activation nodes in column order (:func:`deepframe.graph.activation_nodes`).
-    node_shapes : dict
-        ``{node: shape}`` of every activation node (shared: do not modify).
-    terms : tuple of TermSpec
-        The residual terms, without weights (row order of ``D``).
-    parameters : dict
-        ``{key: (shape, fan_in)}`` of the learned weights (shared: do not
-        modify; :func:`parameter_shapes` returns a copy).
-    """
-
-    graph: nx.DiGraph
-    input: object
-    output: object
-    input_shape: tuple
-    nodes: tuple
-    node_shapes: Mapping
-    terms: tuple
-    parameters: Mapping
-
-
-def structure(g: nx.DiGraph | Structure) -> Structure:
-    """The :class:`Structure` of a validated graph (a structure is returned as is).
-
-    Computes the topological order, the roles (input, output), the shapes, the
-    term specifications and the weight shapes once; every function of this
-    module that takes a graph accepts the structure instead and reuses it.
-    """
-    if isinstance(g, Structure):
-        return g
-    src = input_node(g)
-    nodes = tuple(activation_nodes(g))
-    return Structure(
-        graph=g,
-        input=src,
-        output=output_node(g),
-        input_shape=tuple(g.nodes[src]["shape"]),
-        nodes=nodes,
-        node_shapes={j: tuple(g.nodes[j]["shape"]) for j in nodes},
-        terms=tuple(_term_specs(g, src, nodes)),
-        parameters=_parameter_shapes(g, nodes),
-    )
-
-
-# --------------------------------------------------------------------------
-# memory estimates
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Sizes of a validated architecture that set what its tensors cost (entries, not bytes).
-
-    Attributes
-    ----------
-    weights : int
-        Learned weight entries (all edges and node operators).
-    largest_weight : tuple
-        ``(key, shape)`` of the largest weight tensor, ``(None, ())`` if none.
-    atoms, rows : int
-        ``N`` (code entries, columns of ``D``) and ``n`` (residual entries, rows).
-    conv_atoms : int
-        Atoms of ``(C, H, W)`` nodes.
-    max_taps : int
-        Largest ``kernel_size ** 2`` of an operator between ``(C, H, W)`` maps.
-    explicit : int
-        Entries of the largest explicit operator block the geometry forms for
-        an operator that touches a vector node: ``m * m + m * M`` with ``m``,
-        ``M`` the smaller and larger of its input and output sizes.
-    full_block : int
-        Largest ``N_a * N_b`` over the Gram blocks of node pairs that share a
-        term with an operator touching a vector node (evaluated row by row).
-    bound : int
-        Bytes of the largest Lipschitz bound a pursuit solver computes at a
-        forward pass (:meth:`deepframe.ops.Operator.sqnorm_bound`, one
-        operator at a time): for a convolution (``C_out x C_in`` kernel,
-        stride ``s``) on a periodic grid of ``G_h x G_w`` (about the input
-        map over ``s``), the complex128 kernel DFT and its Gram over ``G_h x
-        (G_w // 2 + 1)`` frequencies, ``C_out C_in s^2 + 2 m^2`` entries each
-        (``m = min(C_out, C_in s^2)``), counted at 40 bytes per entry for the
-        16-byte entries and eigvalsh's workspace; for a dense operator, three
-        float64 copies of its matrix (the SVD).
-    """
-
-    weights: int
-    largest_weight: tuple
-    atoms: int
-    rows: int
-    conv_atoms: int
-    max_taps: int
-    explicit: int
-    full_block: int
-    bound: int
-
-    def bytes(self, what: str, itemsize: int = 8, memory_budget: int | None = None) -> int:
-        """Estimated peak bytes of an operation, ``itemsize`` bytes per entry.
-
-        ``"weights"`` (:func:`random_weights`: every weight at ``itemsize``
-        plus two float64 temporaries of the largest; also
-        :func:`deepframe.compile` of a feed-forward network), ``"pursuit"``
-        (:func:`deepframe.compile` of a solver with ``T > 0``: the weights and
-        the Lipschitz bound its first forward pass computes, :attr:`bound`;
-        measured peaks of that bound were 0.88-0.92 times ``32`` bytes per
-        entry, so about 0.7 of this estimate) and ``"metrics"`` (the
-        structured geometry's float64 work buffers beyond the weights:
-        ``6 + max_taps / 2`` entries per conv atom, plus the largest explicit
-        block, plus 9 entries per pair of the largest row-by-row Gram block,
-        which is chunked to at most a quarter of ``memory_budget``). Measured
-        peaks (``ru_maxrss``, torch 2.13, CPU) were 36-155 bytes per conv atom
-        for kernels 1-7, 0.43-0.87 times this estimate
-        (``analysis/bench_memory_estimate.py``).
-        """
-        largest = math.prod(self.largest_weight[1]) if self.largest_weight[0] else 0
-        draw = 2 * 8 * largest
-        if what == "weights":
-            return self.weights * itemsize + draw
-        if what == "pursuit":
-            return self.weights * itemsize + draw + self.bound
-        if what == "metrics":
-            rows = 9 * 8 * self.full_block
-            if memory_budget is not None:
-                rows = min(rows, memory_budget // 4)
-            return int(8 * (self.conv_atoms * (6 + self.max_taps / 2) + self.explicit) + rows)
-        raise ValueError(f"unknown memory estimate {what!r}; expected weights, pursuit or metrics")
-
-
-def estimate_memory(g: nx.DiGraph | Structure) -> MemoryEstimate:
-    """The sizes of a validated graph that set its memory cost, without allocating a tensor."""
-    st = structure(g)
-    shapes = st.parameters
-    weights = sum(math.prod(shape) for shape, _ in shapes.values())
-    largest = max(shapes.items(), key=lambda kv: math.prod(kv[1][0]), default=(None, ((), 0)))
-    node_sizes = {j: math.prod(shape) for j, shape in st.node_shapes.items()}
-    conv_atoms = sum(node_sizes[j] for j, shape in st.node_shapes.items() if len(shape) == 3)
-    specs = st.terms
-    max_taps, explicit, full_block, bound = 1, 0, 0, (0, None)
-    for spec in specs:
-        ops_ = [spec.op, *(p for _, p in spec.targets)]
-        for op in ops_:
-            n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
-            if len(op.in_shape) == 3 and len(op.out_shape) == 3:
-                max_taps = max(max_taps, op.kernel_size**2)
-            else:
-                small, big = min(n_in, n_out), max(n_in, n_out)
-                explicit = max(explicit, small * small + small * big)
-            bound = max(bound, (op.bound_bytes(), op.weight_key), key=lambda b: b[0])
-        if any(len(op.in_shape) != 3 or len(op.out_shape) != 3 for op in ops_):
-            sizes = [node_sizes[spec.synth], *(node_sizes[k] for k, _ in spec.targets)]
-            full_block = max(full_block, max(sizes) ** 2)
-    return MemoryEstimate(
-        weights=weights,
-        largest_weight=(largest[0], tuple(largest[1][0])),
-        atoms=sum(node_sizes.values()),
-        rows=sum(math.prod(spec.op.in_shape) for spec in specs),
-        conv_atoms=conv_atoms,
-        max_taps=max_taps,
-        explicit=explicit,
-        full_block=full_block,
-        bound=bound[0],
-    )
-
-
-_WHAT = {
-    "weights": "initialising the weights",
-    "pursuit": "the pursuit solver (weights and the Lipschitz bounds of a forward pass)",
-    "metrics": "the structured geometry",
-}
-
-
-def check_memory(
-    g: nx.DiGraph | Structure,
-    what: str,
-    *,
-    dtype: torch.dtype = torch.float64,
-    memory_budget: int | str | None = None,
-) -> int:
-    """Refuse an operation whose estimated memory exceeds the budget; return the estimate.
-
-    Parameters
-    ----------
-    g : networkx.DiGraph or Structure
-        Validated architecture (or its :class:`Structure`).
-    what : {"weights", "pursuit", "metrics"}
-        The operation (see :meth:`MemoryEstimate.bytes`).
-    dtype : torch.dtype
-        Of the tensors the operation makes.
-    memory_budget : int or str, optional
-        Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
-
-    Raises
-    ------
-    MemoryBudgetError
-        With the estimate, what dominates it, the budget and what to do.
-    """
-    budget = resolve_memory_budget(memory_budget)
-    estimate = estimate_memory(g)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    need = estimate.bytes(what, itemsize, budget)
-    if need <= budget:
-        return need
-    key, shape = estimate.largest_weight
-    if what == "metrics":
-        detail = f"{estimate.atoms:,} atoms, {estimate.conv_atoms:,} of them in conv maps"
-        advice = "use a smaller input shape or narrower layers"
-    else:
-        detail = f"{estimate.weights:,} learned weights"
-        if key is not None:
-            detail += f", the largest {key!r} of shape {'x'.join(map(str, shape))}"
-        if what == "pursuit":
-            detail += f"; {format_bytes(estimate.bound)} for the largest Lipschitz bound"
-        advice = "use narrower layers, a smaller input shape or fewer dense features"
-    raise MemoryBudgetError(
-        f"{_WHAT[what]} needs about {format_bytes(need)} ({detail}), more than the memory "
-        f"budget of {format_bytes(budget)}: {advice}, or raise the budget (memory_budget=, "
-        f"{MEMORY_BUDGET_ENV}=32G, or --memory-budget 32G on the command line) if the "
-        "machine has the memory"
-    )
-
-
 # --------------------------------------------------------------------------
 # the global dictionary
 # --------------------------------------------------------------------------
@@ -692,11 +258,11 @@ class GlobalDictionary:
     Parameters
     ----------
     graph : networkx.DiGraph or Structure
-        Validated architecture, or its :class:`Structure` (then nothing about
+        Validated architecture, or its :class:`~deepframe.terms.Structure` (then nothing about
         the graph is recomputed); :attr:`graph` is the graph, :attr:`structure`
         the structure.
     weights : mapping
-        ``{key: tensor}`` as :func:`parameter_shapes` lists.
+        ``{key: tensor}`` as :func:`deepframe.terms.parameter_shapes` lists.
     lambdas : mapping, optional
         ``{node: (C,) tensor}`` sparsity weights; default from node ``bias``.
     column_scales : mapping, optional
@@ -1078,7 +644,7 @@ def dictionary(
         Seed of the He-style random weights ``N(0, 2 / fan_in)`` (ignored when
         ``weights`` is given).
     weights : mapping, optional
-        ``{key: tensor}`` as :func:`parameter_shapes` lists, optionally with the
+        ``{key: tensor}`` as :func:`deepframe.terms.parameter_shapes` lists, optionally with the
         per-node ``"lambda:j"`` (the sparsity weights, default from the nodes'
         ``bias``) and the other entries :func:`split_weights` describes (the
         mapping :func:`deepframe.from_torch` returns). Batch-norm statistics of
@@ -1089,7 +655,7 @@ def dictionary(
     dtype, device :
         Of the random weights.
     memory_budget : int or str, optional
-        Cap on the random weights' memory (see :func:`check_memory`).
+        Cap on the random weights' memory (see :func:`deepframe.memory.check_memory`).
 
     Raises
     ------

@@ -130,7 +130,7 @@ def test_geometry_cases_fit_the_benchmark_budget(bench_geometry, monkeypatch):
     # The library's 2 GiB default refuses the 224x224 case; the benchmark's own
     # budget (8 GiB unless DEEPFRAME_MEMORY_BUDGET or --memory-budget says otherwise)
     # admits every case, so `python analysis/bench.py` runs its geometry section whole.
-    from deepframe.dictionary import MEMORY_BUDGET_ENV, MemoryBudgetError, check_memory
+    from deepframe.memory import MEMORY_BUDGET_ENV, MemoryBudgetError, check_memory
 
     monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
     budget = bench_geometry.memory_budget()
@@ -145,7 +145,7 @@ def test_geometry_cases_fit_the_benchmark_budget(bench_geometry, monkeypatch):
 
 
 def test_geometry_case_row_matches_the_dense_reference(bench_geometry, monkeypatch):
-    from deepframe.dictionary import MEMORY_BUDGET_ENV
+    from deepframe.memory import MEMORY_BUDGET_ENV
 
     monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
     row = bench_geometry.run_case("chain-small", 1)

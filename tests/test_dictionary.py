@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import deepframe as df
-from deepframe.dictionary import GlobalDictionary, parameter_shapes
+from deepframe.dictionary import GlobalDictionary
+from deepframe.terms import parameter_shapes
 from deepframe.testing import (
     assert_dottest,
     assert_matches_dense,

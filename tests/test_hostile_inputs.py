@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import deepframe as df
-from deepframe.dictionary import (
+from deepframe.dictionary import random_weights
+from deepframe.memory import (
     DEFAULT_MEMORY_BUDGET,
     MemoryBudgetError,
     check_memory,
     estimate_memory,
-    random_weights,
     resolve_memory_budget,
 )
 from deepframe.graph import ArchitectureError, from_spec

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepframe as df
-from deepframe.dictionary import edge_key
+from deepframe.terms import edge_key
 from deepframe.interop import load_state_dict
 from deepframe.train import model_metadata
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dictionary import GlobalDictionary, MemoryBudgetError, random_weights, resolve_memory_budget
+from ..dictionary import GlobalDictionary, random_weights
+from ..memory import MemoryBudgetError, resolve_memory_budget
 from .results import GramMetrics, atom_location
 
 __all__ = [

@@ -78,7 +78,7 @@ def gram_metrics(
     memory_budget : int or str, optional
         Bytes (or ``"16G"``); default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB.
         The dense method refuses (:class:`GramTooLargeError`) beyond it; the
-        structured method refuses (:class:`~deepframe.dictionary.MemoryBudgetError`)
+        structured method refuses (:class:`~deepframe.memory.MemoryBudgetError`)
         when its estimated work buffers exceed it, and sizes its chunks by it.
 
     Returns

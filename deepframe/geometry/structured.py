@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..dictionary import GlobalDictionary, check_memory, resolve_memory_budget
+from ..dictionary import GlobalDictionary
+from ..memory import check_memory, resolve_memory_budget
 from .pieces import Piece, make_piece
 
 __all__ = ["GramPlan", "BlockPlan", "AxisClasses", "GramEvaluation", "BlockEvaluation"]
