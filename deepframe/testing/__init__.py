@@ -1,9 +1,10 @@
 """Testing support for deepframe and for users' own property tests.
 
-* Generators (no hypothesis needed): :func:`random_architecture` draws a
-  valid architecture graph from a :class:`random.Random`,
-  :func:`random_malformed` a broken one with the fragment its
-  :class:`deepframe.ArchitectureError` message must contain.
+* Generators (no hypothesis needed): :func:`random_architecture`
+  (:mod:`.graphs`) draws a valid architecture graph from a
+  :class:`random.Random`, :func:`random_malformed` (:mod:`.malformed`) a
+  broken one with the fragment its :class:`deepframe.ArchitectureError`
+  message must contain.
 * Hypothesis strategies (imported on first use, so this package works without
   hypothesis): :func:`architectures`, :func:`malformed_architectures`,
   :func:`dictionaries`.
@@ -26,14 +27,8 @@ from .assertions import (
     assert_shapes_match_torch,
     torch_forward,
 )
-from .generators import (
-    INPUTS,
-    MALFORMED_KINDS,
-    MERGES,
-    OPS,
-    random_architecture,
-    random_malformed,
-)
+from .graphs import INPUTS, MERGES, OPS, random_architecture
+from .malformed import MALFORMED_KINDS, random_malformed
 from .reference import (
     conv_matrix,
     dense_matrix,

@@ -23,6 +23,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from .graphs import DEFAULT_EDGE_KIND
+
 __all__ = [
     "assert_no_host_sync",
     "assert_dottest",
@@ -161,6 +163,8 @@ def _torch_apply(op: str, attrs: dict, x: torch.Tensor, out_size: int | None) ->
     """One operator with torch's own functions on a batch ``x`` (zero weights)."""
     import torch.nn.functional as F
 
+    # TODO(issue 18): ask the registry (Operator.torch_reference(attrs, x, out_size)): each
+    # kind's map as torch.nn.functional computes it, written apart from its shape rule.
     stride = attrs.get("stride", 1)
     if op == "identity":
         return x
@@ -216,7 +220,7 @@ def torch_forward(g: nx.DiGraph) -> dict:
             if node_centric:
                 x = values[k]
                 out = ea.get("channels", ea.get("features", x.shape[1]))
-                part = _torch_apply(ea.get("op", "identity"), ea, x, out)
+                part = _torch_apply(ea.get("op", DEFAULT_EDGE_KIND), ea, x, out)
             else:
                 part = _torch_apply(ea["op"], ea, values[k], size)
             shapes[(k, j)] = tuple(part.shape[1:])

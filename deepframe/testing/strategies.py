@@ -11,7 +11,8 @@ Importing this module imports ``hypothesis`` (``import deepframe`` never does).
 ...     assert_dottest(df.dictionary(g, seed=0))
 
 The strategies wrap the plain generators of
-:mod:`deepframe.testing.generators` with ``hypothesis.strategies.randoms()``,
+:mod:`deepframe.testing.graphs` and :mod:`deepframe.testing.malformed`
+with ``hypothesis.strategies.randoms()``,
 so a failing graph shrinks towards fewer nodes, smaller shapes and the first
 operator choices, and the same graphs can be reproduced without hypothesis
 from a seed (``random_architecture(random.Random(seed))``).
@@ -24,15 +25,8 @@ from collections.abc import Sequence
 import hypothesis.strategies as st
 import networkx as nx
 
-from .generators import (
-    INPUTS,
-    MALFORMED_KINDS,
-    MERGES,
-    OPS,
-    _Config,
-    random_architecture,
-    random_malformed,
-)
+from .graphs import INPUTS, MERGES, OPS, _Config, random_architecture
+from .malformed import MALFORMED_KINDS, random_malformed
 
 __all__ = ["architectures", "malformed_architectures", "dictionaries"]
 
