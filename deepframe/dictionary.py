@@ -32,10 +32,10 @@ from .graph import validate
 
 # Names marked "kept" stay importable from here for callers in modules being refactored
 # meanwhile, until they import them from deepframe.memory / deepframe.terms:
-# DEFAULT_MEMORY_BUDGET (deepframe/geometry/__init__.py), check_memory (deepframe/cli.py,
-# deepframe/pursuit.py), Term (deepframe/solvers.py, deepframe/pursuit.py), structure
-# (deepframe/pursuit.py), edge_key (deepframe/interop/importer.py), parameter_shapes
-# (deepframe/cli.py).
+# DEFAULT_MEMORY_BUDGET (deepframe/geometry/__init__.py), check_memory
+# (deepframe/cli/train.py), Term (deepframe/solvers.py, deepframe/pursuit/net.py),
+# structure (deepframe/pursuit/compiler.py, deepframe/pursuit/net.py), edge_key
+# (deepframe/interop/importer.py), parameter_shapes (deepframe/cli/describe.py).
 from .memory import (
     DEFAULT_MEMORY_BUDGET,  # noqa: F401 - kept
     check_memory,
