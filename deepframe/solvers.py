@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .dictionary import Term, lasso_objective
+from .dictionary import lasso_objective
+from .terms import Term
 
 __all__ = [
     "Problem",

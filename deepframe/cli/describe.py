@@ -46,8 +46,9 @@ def describe(args) -> int:
 
     import torch
 
-    from ..dictionary import GlobalDictionary, parameter_shapes, random_weights
+    from ..dictionary import GlobalDictionary, random_weights
     from ..graph import activation_nodes, input_node, output_node
+    from ..terms import parameter_shapes
 
     if args.from_torch or args.weights or args.arch is None:  # a user's own PyTorch model
         g = _torch_model(args)[0]

@@ -81,8 +81,8 @@ def train_command(args) -> int:
 
     from ..checkpoints import model_metadata
     from ..data import DATASETS, load_dataset
-    from ..dictionary import check_memory
     from ..graph import input_node, validate
+    from ..memory import check_memory
     from ..pursuit import compile
     from ..train import train
 

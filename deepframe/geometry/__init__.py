@@ -34,7 +34,7 @@ The package follows the sections of docs/geometry.md:
 
 from __future__ import annotations
 
-from ..dictionary import DEFAULT_MEMORY_BUDGET  # noqa: F401 - importable here as before
+from ..memory import DEFAULT_MEMORY_BUDGET  # noqa: F401 - importable here as before
 from .bounds import lower_bounds
 from .dense import GramTooLargeError
 from .metrics import (  # noqa: F401 - METHODS importable here as before

@@ -16,8 +16,9 @@ import networkx as nx
 import torch
 
 from .. import ops
-from ..dictionary import edge_key, node_key
+from ..dictionary import node_key
 from ..graph import ArchitectureError, validate
+from ..terms import edge_key
 from .terms import (
     _DOCS,
     _Affine,

@@ -8,8 +8,8 @@ from dataclasses import replace
 import networkx as nx
 import torch
 
-from ..dictionary import structure
 from ..graph import validate
+from ..terms import structure
 from .net import PursuitNet
 from .options import CompileOptions
 from .parameters import _imported_weights, _load_weights

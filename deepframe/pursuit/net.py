@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dictionary import GlobalDictionary, Term, structure
+from ..dictionary import GlobalDictionary
 from ..solvers import SOLVERS, Problem, SolverOptions, Trace, fista_alphas
 from ..solvers import conv_groups as _conv_groups
+from ..terms import Term, structure
 from .lipschitz import LipschitzBounds
 from .options import CompileOptions
 from .parameters import _BN_EPS, _BN_MOMENTUM, _drop_power_buffers, register_parameters
