@@ -16,9 +16,9 @@ Projection per model: steps per epoch x epochs x step time. Not counted: data
 loading and augmentation, the per-epoch validation (FGSM on the validation
 images, PGD for the Fig. 7 models), the final attacks and the measuring; for
 the feed-forward models of ``cifar-small`` they added 30-50% (the run's
-per-epoch times in ``models/<name>/log.jsonl`` against this projection). The whole profile's wall time is projected by
-dealing the models, longest first, to ``--jobs`` workers. No data needed;
-nothing is asserted.
+per-epoch times in ``models/<name>/log.jsonl`` against this projection). The
+whole profile's wall time is projected by dealing the models, longest first,
+to ``--jobs`` workers. No data needed; nothing is asserted.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
                         )
                 shape = _op_out_shape(e_attrs["op"], e_attrs, src, size, e_where)
             else:
-                e_op = e_attrs.get("op", "identity")
+                e_op = e_attrs.get("op", ops.DEFAULT_EDGE_KIND)
                 e_size = None
                 if "channels" in e_attrs or "features" in e_attrs:
                     e_size = _size_attr(e_attrs, e_where)

@@ -118,7 +118,9 @@ def _parameter_shapes(g: nx.DiGraph, nodes) -> dict[str, tuple[tuple[int, ...], 
     for j in nodes:
         for k in sorted(g.predecessors(j), key=str):
             a = g.edges[k, j]
-            spec = _weight_shape(a.get("op", "identity"), a, a["in_shape"], a["out_shape"])
+            spec = _weight_shape(
+                a.get("op", ops.DEFAULT_EDGE_KIND), a, a["in_shape"], a["out_shape"]
+            )
             if spec is not None:
                 shapes[edge_key(k, j)] = spec
         na = g.nodes[j]
@@ -174,7 +176,9 @@ def _term_specs(g: nx.DiGraph, src, nodes) -> list[TermSpec]:
             for k in preds:
                 a = g.edges[k, j]
                 op = _op_spec(a["op"], a, a["in_shape"], a["out_shape"], edge_key(k, j))
-                ident = _op_spec("identity", {}, a["in_shape"], a["in_shape"], edge_key(k, j))
+                ident = _op_spec(
+                    ops.Identity.kind, {}, a["in_shape"], a["in_shape"], edge_key(k, j)
+                )
                 if k == src:
                     specs.append(TermSpec(edge_key(k, j), j, op, inputs=(ident,)))
                 else:
@@ -185,7 +189,11 @@ def _term_specs(g: nx.DiGraph, src, nodes) -> list[TermSpec]:
             for k in preds:
                 a = g.edges[k, j]
                 e = _op_spec(
-                    a.get("op", "identity"), a, a["in_shape"], a["out_shape"], edge_key(k, j)
+                    a.get("op", ops.DEFAULT_EDGE_KIND),
+                    a,
+                    a["in_shape"],
+                    a["out_shape"],
+                    edge_key(k, j),
                 )
                 (inputs.append(e) if k == src else targets.append((k, e)))
             specs.append(TermSpec(str(j), j, op, tuple(targets), tuple(inputs)))

@@ -16,6 +16,7 @@ import torch
 
 import deepframe as df
 from deepframe.dictionary import random_weights
+from deepframe.graph import ArchitectureError, from_spec
 from deepframe.memory import (
     DEFAULT_MEMORY_BUDGET,
     MemoryBudgetError,
@@ -23,7 +24,6 @@ from deepframe.memory import (
     estimate_memory,
     resolve_memory_budget,
 )
-from deepframe.graph import ArchitectureError, from_spec
 
 # --------------------------------------------------------------------------- builders
 

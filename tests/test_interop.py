@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import deepframe as df
-from deepframe.terms import edge_key
 from deepframe.interop import load_state_dict
+from deepframe.terms import edge_key
 from deepframe.train import model_metadata
 
 

@@ -70,10 +70,12 @@ def describe(args) -> int:
             extra.append("batchnorm")
         print(f"  {str(j):>12}  {str(tuple(a['shape'])):>14}  {' '.join(extra)}")
     print("edges:")
+    from ..ops import DEFAULT_EDGE_KIND
+
     column = {j: i for i, j in enumerate(activation_nodes(g))}
     for k, j, a in sorted(g.edges(data=True), key=lambda e: (column[e[1]], str(e[0]))):
         detail = {key: a[key] for key in ("kernel_size", "stride", "padding") if key in a}
-        op = a.get("op", "identity")
+        op = a.get("op", DEFAULT_EDGE_KIND)
         print(
             f"  {str(k):>12} -> {str(j):<12} {op:<9} {tuple(a['in_shape'])} -> "
             f"{tuple(a['out_shape'])} {detail if detail else ''}"

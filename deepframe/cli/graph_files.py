@@ -45,6 +45,7 @@ def _dot_id(value) -> str:
 def write_dot(g, path: Path) -> None:
     """The graph as Graphviz DOT text: one labelled node per activation, one edge per op."""
     from .._io import atomic_write
+    from ..ops import DEFAULT_EDGE_KIND
 
     h = _flat_attributes(g)
     lines = [f"digraph {_dot_id(h.graph.get('name', 'deepframe'))} {{", "  rankdir=LR;"]
@@ -55,7 +56,7 @@ def write_dot(g, path: Path) -> None:
         shape = "box" if a.get("kind") == "input" else "ellipse"
         lines.append(f'  {_dot_id(node)} [shape={shape}, label="{label}"];')
     for u, v, a in h.edges(data=True):
-        parts = [str(a.get("op", "identity"))]
+        parts = [str(a.get("op", DEFAULT_EDGE_KIND))]
         parts += [f"{k}={a[k]}" for k in ("kernel_size", "stride", "padding") if k in a]
         lines.append(f'  {_dot_id(u)} -> {_dot_id(v)} [label="{_dot_text(" ".join(parts))}"];')
     lines.append("}")

@@ -84,7 +84,12 @@ __all__ = [
     "conv_sqnorm_bound",
     "power_iteration",
     "ROUNDING_MARGIN",
+    "DEFAULT_EDGE_KIND",
 ]
+
+#: The kind of an edge that names no ``op`` (allowed into a node-centric node,
+#: ``merge="input"``): it maps every shape onto itself.
+DEFAULT_EDGE_KIND = Identity.kind
 
 # The edge kinds, in the order error messages and the generators list them. A new
 # kind is one Operator subclass in its own module (its maps and hooks) and its

@@ -358,11 +358,30 @@ class Operator(ABC):
     #: (the Jacobi sweep of :mod:`deepframe.solvers` groups them).
     grouped_conv: ClassVar[bool] = False
 
+    #: The integer attributes the kind reads from a graph (``kernel_size``, ...).
+    attributes: ClassVar[tuple[str, ...]] = ()
+    #: The attributes it cannot do without (a conv needs its ``kernel_size``).
+    required_attributes: ClassVar[tuple[str, ...]] = ()
+    #: Whether its shape rule allows fewer output channels than input channels.
+    reduces_channels: ClassVar[bool] = True
+
     #: ``(conv source, dense source)``: how often the generators try this kind after
     #: a ``(C, H, W)`` / a ``(d,)`` activation (0: never).
     draw_weights: ClassVar[tuple[float, float]] = (0.0, 0.0)
 
-    # -- the kind in a PyTorch model (deepframe.interop) ----------------------
+    # -- the kind in a PyTorch model (deepframe.interop, deepframe.testing) ---
+    @classmethod
+    def torch_reference(cls, attrs: Mapping, x: torch.Tensor, out_size: int) -> torch.Tensor:
+        """The kind's map with attributes ``attrs`` on the batch ``x``, computed by
+        ``torch.nn.functional`` with zero weights, for ``out_size`` output channels
+        (features).
+
+        Written apart from :meth:`shape_rule` and the operator classes: the test
+        helpers (:func:`deepframe.testing.torch_forward`) check the shape rule
+        against what torch computes.
+        """
+        raise NotImplementedError(f"{cls.__name__}.torch_reference: the kind's map in torch")
+
     @classmethod
     def torch_edge(
         cls,

@@ -179,6 +179,18 @@ class Conv(Operator):
     kind = "conv"
     draw_weights = (5.0, 0.0)
     grouped_conv = True
+    attributes = ("kernel_size", "stride", "padding")
+    required_attributes = ("kernel_size",)
+
+    @classmethod
+    def torch_reference(cls, attrs, x, out_size):
+        """``F.conv2d`` with a ``k x k`` zero kernel, ``stride`` and ``padding``
+        (default ``k // 2``)."""
+        k = attrs["kernel_size"]
+        weight = x.new_zeros((out_size, x.shape[1], k, k))
+        return F.conv2d(
+            x, weight, stride=attrs.get("stride", 1), padding=attrs.get("padding", k // 2)
+        )
 
     @classmethod
     def shape_rule(cls, attrs, src, size):
@@ -404,6 +416,17 @@ class Project(Conv):
 
     kind = "project"
     draw_weights = (2.0, 2.0)
+
+    attributes = ("stride",)
+    required_attributes = ()
+
+    @classmethod
+    def torch_reference(cls, attrs, x, out_size):
+        """A 1x1 ``F.conv2d`` with ``stride`` on a map, ``F.linear`` on a vector."""
+        if x.dim() == 2:
+            return F.linear(x, x.new_zeros((out_size, x.shape[1])))
+        weight = x.new_zeros((out_size, x.shape[1], 1, 1))
+        return F.conv2d(x, weight, stride=attrs.get("stride", 1))
 
     @classmethod
     def shape_rule(cls, attrs, src, size):

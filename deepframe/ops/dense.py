@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .base import ROUNDING_MARGIN, Operator, OpSpec, _dense_shape, _scaled_kernel
 
@@ -57,6 +58,12 @@ class Dense(Operator):
     @classmethod
     def between(cls, rng, src, dst, limits):
         return [{}] if len(dst) == 1 else []
+
+    @classmethod
+    def torch_reference(cls, attrs, x, out_size):
+        """``F.linear`` of the flattened input."""
+        flat = x.flatten(1)
+        return F.linear(flat, flat.new_zeros((out_size, flat.shape[1])))
 
     @classmethod
     def torch_edge(cls, weight, src_shape, **unused):

@@ -79,6 +79,13 @@ class Identity(Operator):
     def between(cls, rng, src, dst, limits):
         return [{}] if src == dst else []
 
+    reduces_channels = False
+
+    @classmethod
+    def torch_reference(cls, attrs, x, out_size):
+        """``x`` itself."""
+        return x
+
     @classmethod
     def torch_edge(cls, weight, src_shape, *, out_channels=0, scale=None, **unused):
         """An ``identity`` edge, or with a ``scale`` the learned map ``diag(scale)``."""
@@ -183,6 +190,17 @@ class Shortcut(Operator):
         if len(src) != 3 or len(dst) != 3 or dst[0] < src[0]:
             return []
         return [{"stride": s} for s in _strides_between(src, dst, limits.strides)]
+
+    attributes = ("stride", "pad_before")
+    reduces_channels = False
+
+    @classmethod
+    def torch_reference(cls, attrs, x, out_size):
+        """``F.max_pool2d`` with a 1x1 window and ``stride`` (the subsampling), then
+        ``F.pad`` of the channels (``pad_before`` in front, default half)."""
+        sub = F.max_pool2d(x, kernel_size=1, stride=attrs.get("stride", 1))
+        before = attrs.get("pad_before", (out_size - x.shape[1]) // 2)
+        return F.pad(sub, (0, 0, 0, 0, before, out_size - x.shape[1] - before))
 
     @classmethod
     def torch_edge(

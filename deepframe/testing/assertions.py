@@ -160,28 +160,11 @@ def assert_matches_reference(d, atol: float = 1e-12) -> None:
 
 
 def _torch_apply(op: str, attrs: dict, x: torch.Tensor, out_size: int | None) -> torch.Tensor:
-    """One operator with torch's own functions on a batch ``x`` (zero weights)."""
-    import torch.nn.functional as F
+    """One operator with torch's own functions on a batch ``x`` (zero weights): the kind's
+    :meth:`~deepframe.ops.Operator.torch_reference`, written apart from its shape rule."""
+    from ..ops import edge_kind
 
-    # TODO(issue 18): ask the registry (Operator.torch_reference(attrs, x, out_size)): each
-    # kind's map as torch.nn.functional computes it, written apart from its shape rule.
-    stride = attrs.get("stride", 1)
-    if op == "identity":
-        return x
-    if op == "dense" or (op == "project" and x.dim() == 2):
-        flat = x.flatten(1)
-        return F.linear(flat, flat.new_zeros((out_size, flat.shape[1])))
-    if op == "project":
-        return F.conv2d(x, x.new_zeros((out_size, x.shape[1], 1, 1)), stride=stride)
-    if op == "conv":
-        k = attrs["kernel_size"]
-        weight = x.new_zeros((out_size, x.shape[1], k, k))
-        return F.conv2d(x, weight, stride=stride, padding=attrs.get("padding", k // 2))
-    if op == "shortcut":
-        sub = F.max_pool2d(x, kernel_size=1, stride=stride)
-        before = (out_size - x.shape[1]) // 2
-        return F.pad(sub, (0, 0, 0, 0, before, out_size - x.shape[1] - before))
-    raise ValueError(f"unknown op {op!r}")
+    return edge_kind(op).torch_reference(attrs, x, out_size)
 
 
 def torch_forward(g: nx.DiGraph) -> dict:

@@ -31,6 +31,7 @@ from typing import Any
 
 import networkx as nx
 
+from .. import ops
 from ..graph import EDGE_OPS
 from ..graph import MERGES as GRAPH_MERGES
 from ..ops import EDGE_KINDS
@@ -44,9 +45,9 @@ MERGES = GRAPH_MERGES
 INPUTS = ("conv", "dense")
 """Input kinds (not edge kinds): an image ``(C, H, W)`` or a vector ``(d,)``."""
 
-# TODO(issue 18): ask the registry (ops.DEFAULT_EDGE_KIND): the kind of an edge that names no
-# "op" (an edge into a node-centric node), which maps every shape onto itself unchanged.
-DEFAULT_EDGE_KIND = "identity"
+#: The kind of an edge that names no "op" (an edge into a node-centric node), which maps
+#: every shape onto itself unchanged: the registry's.
+DEFAULT_EDGE_KIND = ops.DEFAULT_EDGE_KIND
 
 Shape = tuple[int, ...]
 

@@ -29,15 +29,21 @@ __all__ = ["MALFORMED_KINDS", "random_malformed"]
 #: The default edge kind: maps every shape onto itself (structural corruptions use it).
 _SAME = DEFAULT_EDGE_KIND
 
-# TODO(issue 18): ask the registry (Operator.attributes / Operator.required_attributes):
-# which kinds read an integer attribute, and which require it, is each kind's knowledge.
-_READS = {"kernel_size": ("conv",), "padding": ("conv",), "stride": ("conv", "project", "shortcut")}
-_REQUIRES = {"kernel_size": ("conv",)}
+#: ``{attribute: kinds}``: the kinds that read an integer attribute, and require it, in
+#: registration order (each kind's :attr:`~deepframe.ops.Operator.attributes`).
+_READS = {
+    key: tuple(k for k, c in EDGE_KINDS.items() if key in c.attributes)
+    for key in ("kernel_size", "padding", "stride")
+}
+_REQUIRES = {"kernel_size": tuple(k for k, c in EDGE_KINDS.items() if c.required_attributes)}
 #: A kind with a kernel (``kernel_size``, ``stride``, ``padding``): conv arithmetic applies.
 _KERNEL = _READS["kernel_size"][0]
-# TODO(issue 18): ask the registry (Operator.reduces_channels): the kinds whose shape rule
-# refuses fewer output channels than input channels.
-_NEVER_REDUCES = ("shortcut",)
+#: The kinds that take an output size but whose shape rule refuses fewer output channels
+#: than input channels (:attr:`~deepframe.ops.Operator.reduces_channels`; the default,
+#: same-shape kind changes no size at all).
+_NEVER_REDUCES = tuple(
+    k for k, c in EDGE_KINDS.items() if not c.reduces_channels and k != DEFAULT_EDGE_KIND
+)
 
 
 # --------------------------------------------------------------------------
