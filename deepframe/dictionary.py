@@ -29,25 +29,8 @@ import torch
 
 from . import ops
 from .graph import validate
-
-# Names marked "kept" stay importable from here for callers in modules being refactored
-# meanwhile, until they import them from deepframe.memory / deepframe.terms:
-# DEFAULT_MEMORY_BUDGET (deepframe/geometry/__init__.py), check_memory
-# (deepframe/cli/train.py), Term (deepframe/solvers.py, deepframe/pursuit/net.py),
-# structure (deepframe/pursuit/compiler.py, deepframe/pursuit/net.py), edge_key
-# (deepframe/interop/importer.py), parameter_shapes (deepframe/cli/describe.py).
-from .memory import (
-    DEFAULT_MEMORY_BUDGET,  # noqa: F401 - kept
-    check_memory,
-)
-from .terms import (
-    Structure,
-    Term,  # noqa: F401 - kept
-    build_terms,
-    edge_key,  # noqa: F401 - kept
-    parameter_shapes,  # noqa: F401 - kept
-    structure,
-)
+from .memory import check_memory
+from .terms import Structure, build_terms, structure
 
 __all__ = [
     "GlobalDictionary",

@@ -23,6 +23,9 @@ The package follows the sections of docs/geometry.md:
                           :class:`~.structured.GramPlan`, built once per
                           architecture, evaluated for the current weights
 :mod:`.pieces`            its column pieces ``D_t[a]`` and the per-axis taps
+:mod:`.blocks`            the Gram's blocks and their position classes per axis
+:mod:`.reductions`        one block's frame potential and coherence (the weights')
+:mod:`.structural`        one block's structural nonzero count ``N_nz``
 :mod:`.dense`             the dense reference (``method="dense"``)
 :mod:`.results`           :class:`GramMetrics`, how an atom is named
 :mod:`.bounds`            the architecture-dependent lower bounds
@@ -70,5 +73,5 @@ __all__ = [
     "GramTooLargeError",
 ]
 
-# Importable here as before but not listed: DEFAULT_MEMORY_BUDGET (deepframe.dictionary's
+# Importable here as before but not listed: DEFAULT_MEMORY_BUDGET (deepframe.memory's
 # default cap on the dense Gram and on structured work buffers), METHODS and FIELDS.
