@@ -28,7 +28,7 @@ import networkx as nx
 import torch
 
 from . import ops
-from .graph import validate
+from .graph import RESERVED_NAMES, validate
 from .memory import check_memory
 from .terms import Structure, build_terms, structure
 
@@ -47,13 +47,19 @@ __all__ = [
 #: variance and ``eps``.
 NODE_TENSORS = ("lambda", "bn_scale", "bn_mean", "bn_var", "bn_eps")
 _BN_EPS = 1e-5  # a weights mapping's batch norm without "bn_eps:j": the solvers' eps
-#: Keys of the classifier head (global average pooling + linear) in a weights mapping.
-HEAD_KEYS = ("head.weight", "head.bias")
+#: Keys of the classifier head (global average pooling + linear) in a weights mapping
+#: (names :func:`deepframe.validate` reserves: no node may be called so).
+HEAD_KEYS = RESERVED_NAMES
 
 
 def node_key(j, what: str) -> str:
     """Name of a per-node tensor (one of :data:`NODE_TENSORS`) in a weights mapping:
-    ``"what:j"``, e.g. ``"lambda:relu_1"``."""
+    ``"what:j"``, e.g. ``"lambda:relu_1"``.
+
+    Built from ``str(j)``; a validated graph's names hold no ``":"``
+    (:data:`deepframe.graph.KEY_SEPARATORS`), so the key names one node and
+    never equals an edge's key ``"k->j"`` or a node-centric operator's ``"j"``.
+    """
     if what not in NODE_TENSORS:
         raise ValueError(f"node_key: unknown per-node tensor {what!r}; expected {NODE_TENSORS}")
     return f"{what}:{j}"
@@ -176,6 +182,11 @@ def split_weights(
     nodes: dict[str, dict] = {what: {} for what in NODE_TENSORS}
     head: dict[str, torch.Tensor] = {}
     for key, value in weights.items():
+        if not isinstance(key, str):
+            raise ValueError(
+                f"weights: key {key!r} ({type(key).__name__}) is not a string; keys are "
+                "'k->j' for an edge, 'lambda:j' for a node, 'head.weight' and 'head.bias'"
+            )
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"weights[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
         if key in expected:

@@ -55,6 +55,8 @@ __all__ = [
     "input_node",
     "output_node",
     "EDGE_OPS",
+    "KEY_SEPARATORS",
+    "RESERVED_NAMES",
 ]
 
 #: The op names an edge may carry: the registered edge kinds (:data:`deepframe.ops.EDGE_KINDS`).
@@ -92,6 +94,51 @@ _EDGE_KEYS = {
 
 class ArchitectureError(ValueError):
     """An architecture graph is malformed; the message names the node or edge."""
+
+
+# --------------------------------------------------------------------------
+# node names: what the weight keys need of them
+# --------------------------------------------------------------------------
+#: The separators of a weights mapping's keys and the keys they build: an edge's
+#: weight is ``"k->j"`` (:func:`deepframe.terms.edge_key`), a node's tensor
+#: ``"lambda:j"`` (:func:`deepframe.dictionary.node_key`). A node whose name (as a
+#: string) holds one would give two weights one key, so :func:`validate` refuses it.
+KEY_SEPARATORS = {
+    "->": "an edge's weight is keyed 'k->j'",
+    ":": "a node's lambda and batch-norm tensors are keyed 'lambda:j', 'bn_scale:j', ...",
+}
+#: Keys of the classifier head in a weights mapping (:data:`deepframe.dictionary.HEAD_KEYS`);
+#: the weight of a node-centric node is keyed by its name, so these names are reserved.
+RESERVED_NAMES = ("head.weight", "head.bias")
+
+
+def _check_names(g: nx.DiGraph) -> None:
+    """Refuse node names that would make two weight keys equal (docs/concepts.md, section 8).
+
+    Keys are built from ``str(name)``: names must stay distinct as strings
+    (``1`` and ``"1"`` may not both be nodes), hold none of
+    :data:`KEY_SEPARATORS` and not be one of :data:`RESERVED_NAMES`.
+    """
+    seen: dict[str, Any] = {}
+    for node in g.nodes:
+        text = str(node)
+        if text in seen:
+            raise ArchitectureError(
+                f"nodes {seen[text]!r} and {node!r} are not distinct as strings (both "
+                f"{text!r}); weights are keyed by that string, so rename one of them"
+            )
+        seen[text] = node
+        for sep, why in KEY_SEPARATORS.items():
+            if sep in text:
+                raise ArchitectureError(
+                    f"node {node!r}: a node name may not contain {sep!r} ({why}, so such a "
+                    "name can give two weights one key); rename the node"
+                )
+        if text in RESERVED_NAMES:
+            raise ArchitectureError(
+                f"node {node!r}: the name is reserved, it is the key of the classifier head's "
+                f"{text.removeprefix('head.')} in a weights mapping; rename the node"
+            )
 
 
 # --------------------------------------------------------------------------
@@ -207,14 +254,17 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
     networkx.DiGraph
         A copy with node attribute ``shape`` on every node, ``in_shape`` /
         ``out_shape`` on every edge and ``input_shape`` (the shape of the
-        merged input ``z_j``) on node-centric nodes. Integer-valued attributes
-        The input's ``shape`` is normalised to a tuple (JSON gives lists).
+        merged input ``z_j``) on node-centric nodes. The input's ``shape`` is
+        normalised to a tuple (JSON gives lists).
 
     Raises
     ------
     ArchitectureError
         With a message naming the node or edge: not a DiGraph, empty graph,
-        self-loop, cycle, no or several input nodes, unknown node kind or op,
+        self-loop, cycle, a node name that would make two weight keys equal
+        (two names equal as strings, a name holding ``"->"`` or ``":"``, a
+        reserved name: see :data:`KEY_SEPARATORS`), no or several input
+        nodes, unknown node kind or op,
         missing or ill-typed attribute, negative bias, an op that shrinks a map
         to nothing, shape mismatch at a merge (both shapes listed), a node
         unreachable from the input, no unique output.
@@ -235,9 +285,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
     if cycle:
         path = " -> ".join(repr(e[0]) for e in cycle) + f" -> {cycle[0][0]!r}"
         raise ArchitectureError(f"the graph has a cycle: {path}")
-    names = [str(n) for n in g.nodes]
-    if len(set(names)) != len(names):
-        raise ArchitectureError("node names must stay distinct when written as strings")
+    _check_names(g)
 
     for node, attrs in g.nodes(data=True):
         kind = attrs.get("kind", "activation")
@@ -690,8 +738,60 @@ def loads(text: str, *, where: str = "architecture") -> nx.DiGraph:
         raise ArchitectureError(f"{where}: {exc}") from None
 
 
+def _json_value(value):
+    """``json.dumps``'s fallback: numpy and torch numbers and arrays as Python numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _json_name_problem(node) -> str | None:
+    """Why ``node`` would not come back from node-link JSON as itself (None: it would)."""
+    if isinstance(node, str | numbers.Integral):
+        return None
+    if isinstance(node, numbers.Real):
+        if math.isfinite(node):
+            return None
+        return "a non-finite number comes back from JSON as another node"
+    kind = type(node).__name__
+    if isinstance(node, tuple | list):
+        return f"a {kind} name comes back from JSON as a list, which cannot name a node"
+    return f"a {kind} name cannot be written as JSON"
+
+
+def _json_problem(h: nx.DiGraph) -> str:
+    """The first node or attribute of ``h`` that JSON cannot hold, in words."""
+
+    def fails(value) -> bool:
+        try:
+            json.dumps(value, default=_json_value)
+        except (TypeError, ValueError):
+            return True
+        return False
+
+    for node, attrs in h.nodes(data=True):
+        problem = _json_name_problem(node)
+        if problem:
+            return f"node {node!r}: {problem}; name nodes with strings or integers"
+        for key, value in attrs.items():
+            if fails(value):
+                return f"node {node!r}: attribute {key!r} = {value!r} is not JSON"
+    for u, v, attrs in h.edges(data=True):
+        for key, value in attrs.items():
+            if fails(value):
+                return f"edge {u!r} -> {v!r}: attribute {key!r} = {value!r} is not JSON"
+    return "a graph attribute is not JSON"
+
+
 def dumps(g: nx.DiGraph) -> str:
-    """:func:`save` as text: node-link JSON without the inferred shapes."""
+    """:func:`save` as text: node-link JSON without the inferred shapes.
+
+    Raises
+    ------
+    ArchitectureError
+        A node name that would not be read back as itself (a tuple comes back
+        as a list), or an attribute JSON cannot hold; the message names it.
+    """
     h = g.copy()
     for _, a in h.nodes(data=True):
         if a.get("kind") != "input":
@@ -701,7 +801,15 @@ def dumps(g: nx.DiGraph) -> str:
     for _, _, a in h.edges(data=True):
         for key in _DERIVED:
             a.pop(key, None)
-    return json.dumps(nx.node_link_data(h, edges="edges"), indent=1)
+    bad = next((n for n in h.nodes if _json_name_problem(n)), None)
+    try:
+        if bad is not None:
+            raise ValueError(bad)
+        return json.dumps(nx.node_link_data(h, edges="edges"), indent=1, default=_json_value)
+    except (TypeError, ValueError):
+        raise ArchitectureError(
+            f"cannot write the graph as node-link JSON: {_json_problem(h)}"
+        ) from None
 
 
 _BUILDERS = {"chain": chain, "resnet": resnet, "densenet": densenet}

@@ -29,7 +29,7 @@ import networkx as nx
 import torch
 
 from . import ops
-from .graph import activation_nodes, input_node, output_node
+from .graph import ArchitectureError, activation_nodes, input_node, output_node
 from .ops import OpSpec
 
 __all__ = [
@@ -45,8 +45,26 @@ __all__ = [
 
 
 def edge_key(k, j) -> str:
-    """Name of the weight of edge ``k -> j``: ``"k->j"``."""
+    """Name of the weight (and the term) of edge ``k -> j``: ``"k->j"``.
+
+    Built from ``str(k)`` and ``str(j)``. It names one edge only: a validated
+    graph's names are distinct as strings and hold no ``"->"``
+    (:data:`deepframe.graph.KEY_SEPARATORS`), so the key splits back into its
+    two ends at its one ``"->"``. A node-centric node's operator is keyed
+    ``str(j)``, which holds no ``"->"`` either (docs/concepts.md, section 8).
+    """
     return f"{k}->{j}"
+
+
+def _distinct_key(seen: dict, key: str, owner: str) -> None:
+    """Record that ``owner`` (an edge or a node, in words) uses ``key``; two owners of
+    one key would share one weight, which :func:`deepframe.graph.validate` prevents."""
+    if key in seen:
+        raise ArchitectureError(
+            f"{seen[key]} and {owner} would share the weight key {key!r}: validate the graph "
+            "(deepframe.validate) after changing its node names"
+        )
+    seen[key] = owner
 
 
 @dataclass
@@ -114,7 +132,8 @@ def parameter_shapes(g: nx.DiGraph | Structure) -> dict[str, tuple[tuple[int, ..
 
 
 def _parameter_shapes(g: nx.DiGraph, nodes) -> dict[str, tuple[tuple[int, ...], int]]:
-    shapes = {}
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    owners: dict[str, str] = {}
     for j in nodes:
         for k in sorted(g.predecessors(j), key=str):
             a = g.edges[k, j]
@@ -122,11 +141,13 @@ def _parameter_shapes(g: nx.DiGraph, nodes) -> dict[str, tuple[tuple[int, ...], 
                 a.get("op", ops.DEFAULT_EDGE_KIND), a, a["in_shape"], a["out_shape"]
             )
             if spec is not None:
+                _distinct_key(owners, edge_key(k, j), f"edge {k!r} -> {j!r}")
                 shapes[edge_key(k, j)] = spec
         na = g.nodes[j]
         if na.get("merge", "edge") == "input":
             spec = _weight_shape(na["op"], na, na["input_shape"], na["shape"])
             if spec is not None:
+                _distinct_key(owners, str(j), f"node {j!r}")
                 shapes[str(j)] = spec
     return shapes
 
