@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .._io import read_json, write_json
+from .._io import json_hash, read_json, write_json
 from .measure import MEASURE_VERSION, measure_model, select_architecture
 from .profiles import PROFILES, Profile, model_specs, select_shard
 from .runner import run_model
 
-__all__ = ["reproduce", "merge", "parse_shard", "collect"]
+__all__ = ["reproduce", "merge", "parse_shard", "collect", "RESULT_TIMING"]
 
 #: Files of a model folder that a merge copies (not the training state).
 _EXPORTED = ("result.json", "log.jsonl", "model.pt")
@@ -237,6 +237,11 @@ class _CallLog:
         write_json(self.out / "runs.json", log + [self.entry])
 
 
+#: Fields of a model's ``result.json`` that depend on the wall clock, not on the
+#: computation: two results of one model that differ only there are identical.
+RESULT_TIMING = ("train_seconds", "attack_seconds", "wall_seconds_this_call")
+
+
 def merge(
     dirs: list[str | Path],
     out_dir: str | Path,
@@ -249,38 +254,250 @@ def merge(
 ) -> dict:
     """Join the model folders of several (sharded) runs into ``out_dir`` and report.
 
-    Copies each model's ``result.json``, ``log.jsonl`` and weights-only
-    ``model.pt`` (not the training state) from every folder in ``dirs``;
-    a model found twice must have the same configuration. The per-call wall
-    times of every part are kept. Then :func:`collect` measures and reports.
+    Copies each finished model's ``result.json``, ``log.jsonl`` and
+    weights-only ``model.pt`` (not the training state) from the folders in
+    ``dirs`` into ``out_dir``, keeps the per-call wall times of every part
+    (each call once), then :func:`collect` measures and reports.
+
+    Everything is checked before anything is written; the merge is refused
+    when
+
+    * a folder is given twice (also under another spelling or through a
+      symbolic link), or ``out_dir`` is one of the folders or lies inside one
+      (a merge never changes its inputs);
+    * a model is found in two folders (or in a folder and in ``out_dir``)
+      with different results: with different configuration hashes (not parts
+      of one run), or with the same hash and different result records. Two
+      records are *identical* when they are equal field by field apart from
+      the wall times :data:`RESULT_TIMING` (accuracies, training curve,
+      configuration, image counts all equal); an identical model is copied
+      from the first folder that holds it;
+    * a model's result was recorded for other settings than ``profile``'s
+      (another profile, or older code);
+    * the folders (with what ``out_dir`` already holds) lack some of the
+      profile's models, or a ``result.json`` / ``runs.json`` is not one that
+      :func:`reproduce` writes.
+
+    Returns
+    -------
+    dict
+        :func:`collect`'s summary, with ``"merged"``: ``{"folders": {folder:
+        [models copied from it]}, "identical": {model: [folders that hold it
+        identically]}, "kept": [models already in out_dir], "unfinished":
+        {folder: [models without a result there]}}``, also written to
+        ``results.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder without ``models/``.
+    ValueError
+        Any of the refusals above; the message names the folders and the model.
     """
     prof = _profile(profile)
+    if isinstance(dirs, str | os.PathLike):
+        dirs = [dirs]
+    folders = [Path(d) for d in dirs]
     out = Path(out_dir)
+    plan = _plan_merge(folders, out, prof, seeds)
     (out / "models").mkdir(parents=True, exist_ok=True)
-    wall_log = list(read_json(out / "runs.json") or [])
-    seen: dict[str, str] = {}
-    for d in dirs:
-        d = Path(d)
+    for name, source in plan["copy"].items():
+        target = out / "models" / name
+        # result.json last: a merge cut short leaves the model unfinished, never half-new
+        for file in sorted(_EXPORTED, key=lambda f: f == "result.json"):
+            if (source / file).is_file():
+                _copy_file(source / file, target / file)
+    write_json(out / "runs.json", plan["runs"])
+    return collect(
+        out,
+        prof,
+        data_dir=data_dir,
+        seeds=seeds,
+        jobs=jobs,
+        progress=progress,
+        merged=plan["record"],
+    )
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` atomically (a temporary file, then a rename)."""
+    from .._io import atomic_write
+
+    with open(source, "rb") as f:
+        atomic_write(target, lambda out: shutil.copyfileobj(f, out))
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    """What makes two paths one folder (device and inode: links and spellings agree)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _finished(folder: Path) -> tuple[dict[str, dict], list[str]]:
+    """``({model: result}, [unfinished models])`` of a run folder's ``models/``."""
+    done: dict[str, dict] = {}
+    unfinished: list[str] = []
+    for model in sorted((folder / "models").iterdir()):
+        if not model.is_dir():
+            continue
+        result = read_json(model / "result.json")
+        if not isinstance(result, dict) or not (model / "model.pt").is_file():
+            unfinished.append(model.name)
+            continue
+        if not isinstance(result.get("config_hash"), str):
+            raise ValueError(
+                f"merge: {model / 'result.json'} has no configuration hash: it is not a "
+                "result that deepframe reproduce wrote"
+            )
+        done[model.name] = result
+    return done, unfinished
+
+
+def _differences(a: dict, b: dict) -> str:
+    """The fields in which two result records differ, in words (wall times ignored)."""
+    keys = [k for k in sorted(set(a) | set(b)) if k not in RESULT_TIMING and a.get(k) != b.get(k)]
+    shown = []
+    for k in keys[:3]:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, int | float | str | None) and isinstance(vb, int | float | str | None):
+            shown.append(f"{k} {va!r} vs {vb!r}")
+        else:
+            shown.append(k)
+    return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    """Whether two result records are identical apart from their wall times."""
+    return not _differences(a, b)
+
+
+def _check_profile(name: str, where: Path, result: dict, prof: Profile, expected: dict) -> None:
+    """Refuse a result recorded for other settings than the profile's (it names the profile
+    whose settings match, if one does)."""
+    from .runner import config_hash
+
+    if name not in expected or result["config_hash"] == expected[name]:
+        return
+    hint = ""
+    for other in PROFILES.values():
+        spec = next((s for s in model_specs(other) if s.name == name), None)
+        if other.name != prof.name and spec and config_hash(spec, other) == result["config_hash"]:
+            hint = f" (they are profile {other.name!r}'s: merge with --profile {other.name})"
+            break
+    raise ValueError(
+        f"merge: model {name} in {where} was trained with other settings than profile "
+        f"{prof.name!r} gives it (configuration {result['config_hash']}, the profile's "
+        f"{expected[name]}){hint}; nothing was written"
+    )
+
+
+def _wall_log(path: Path) -> list[dict]:
+    """The per-call entries of a ``runs.json`` (none when the file is missing)."""
+    if not path.exists():
+        return []
+    log = read_json(path)
+    if not isinstance(log, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("wall_seconds"), int | float) for e in log
+    ):
+        raise ValueError(
+            f"merge: {path} is not a list of calls with their wall times, as deepframe "
+            "reproduce writes it; nothing was written"
+        )
+    return log
+
+
+def _plan_merge(folders: list[Path], out: Path, prof: Profile, seeds) -> dict:
+    """Everything :func:`merge` will write, after every check; raises before any write.
+
+    Returns ``{"copy": {model: source folder}, "runs": [...], "record": ...}``.
+    """
+    from .runner import config_hash
+
+    if not folders:
+        raise ValueError("merge: no run folders given")
+    for d in folders:
         if not (d / "models").is_dir():
             raise FileNotFoundError(f"merge: {d} is not a reproduction folder (no models/)")
-        if d.resolve() == out.resolve():
-            continue
-        for folder in sorted((d / "models").iterdir()):
-            result = read_json(folder / "result.json")
-            if not isinstance(result, dict) or not (folder / "model.pt").is_file():
-                continue  # unfinished here
-            name = folder.name
-            if name in seen and seen[name] != result["config_hash"]:
-                raise ValueError(f"merge: model {name} differs between the folders")
-            seen[name] = result["config_hash"]
-            target = out / "models" / name
-            target.mkdir(parents=True, exist_ok=True)
-            for file in _EXPORTED:
-                if (folder / file).is_file():
-                    shutil.copyfile(folder / file, target / file)
-        wall_log += list(read_json(d / "runs.json") or [])
-    write_json(out / "runs.json", wall_log)
-    return collect(out, prof, data_dir=data_dir, seeds=seeds, jobs=jobs, progress=progress)
+    seen: dict[tuple[int, int], Path] = {}
+    for d in folders:
+        first = seen.setdefault(_folder_id(d), d)
+        if first is not d:
+            where = "" if str(first) == str(d) else f" ({d.resolve()})"
+            raise ValueError(
+                f"merge: {first} and {d} are the same folder{where}: give each run folder "
+                "once; nothing was written"
+            )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"merge: the output {out} is a file; give a folder")
+    real_out = out.resolve()
+    for d in folders:
+        same = real_out == d.resolve() or (out.exists() and _folder_id(out) == _folder_id(d))
+        if same or d.resolve() in real_out.parents:
+            where = "is" if same else "lies inside"
+            raise ValueError(
+                f"merge: the output folder {out} {where} the run folder {d}, one of the "
+                "folders to merge: a merge must not change its inputs; give a new output "
+                "folder; nothing was written"
+            )
+
+    specs = model_specs(prof, seeds)
+    expected = {s.name: config_hash(s, prof) for s in specs}
+    kept: dict[str, dict] = {}
+    if (out / "models").is_dir():
+        kept, _ = _finished(out)
+        for name, result in kept.items():
+            _check_profile(name, out, result, prof, expected)
+    chosen: dict[str, tuple[Path, dict]] = {}
+    record: dict = {"folders": {}, "identical": {}, "kept": [], "unfinished": {}}
+    for d in folders:
+        done, unfinished = _finished(d)
+        record["folders"][str(d)] = []
+        record["unfinished"][str(d)] = unfinished
+        for name, result in done.items():
+            _check_profile(name, d, result, prof, expected)
+            earlier = chosen.get(name)
+            if earlier is None and name in kept:
+                earlier = (out, kept[name])
+            if earlier is None:
+                chosen[name] = (d, result)
+                record["folders"][str(d)].append(name)
+                continue
+            first, other = earlier
+            if other["config_hash"] != result["config_hash"]:
+                raise ValueError(
+                    f"merge: model {name} has different settings in {first} and {d} "
+                    f"(configurations {other['config_hash']} and {result['config_hash']}): "
+                    "they are not parts of one run; nothing was written"
+                )
+            if not _same_result(other, result):
+                raise ValueError(
+                    f"merge: model {name} (configuration {result['config_hash']}) has "
+                    f"different results in {first} and {d} ({_differences(other, result)}): "
+                    f"keep the one you trust and remove models/{name} from the other folder; "
+                    "nothing was written"
+                )
+            record["identical"].setdefault(name, [str(first)]).append(str(d))
+    record["kept"] = sorted(set(kept) - set(chosen))
+    missing = [s.name for s in specs if s.name not in chosen and s.name not in kept]
+    if missing:
+        have = len(specs) - len(missing)
+        raise ValueError(
+            f"merge: the folders hold {have} of the {len(specs)} models of profile {prof.name!r}; "
+            f"missing {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}: merge the "
+            "parts that hold them too; nothing was written"
+        )
+
+    runs: dict = {}
+    for path in [out / "runs.json", *(d / "runs.json" for d in folders)]:
+        for entry in _wall_log(path):
+            # one call counted once, however many copies of its entry (the latest wins)
+            runs[entry.get("call") or json_hash(entry)] = entry
+    copy = {
+        name: d / "models" / name
+        for name, (d, _) in chosen.items()
+        if name not in kept  # identical in the output already: left as it is
+    }
+    return {"copy": copy, "runs": list(runs.values()), "record": record}
 
 
 def collect(
@@ -291,11 +508,13 @@ def collect(
     seeds: tuple[int, ...] | None = None,
     jobs: int = 1,
     progress: bool = True,
+    merged: dict | None = None,
 ) -> dict:
     """Measure every finished model, then write ``results.json``, the figures and the report.
 
-    Raises ``ValueError`` naming the missing models when the folder does not
-    hold every model of the profile.
+    ``merged`` (what :func:`merge` joined) is recorded in ``results.json``
+    under ``"merged"``. Raises ``ValueError`` naming the missing models when
+    the folder does not hold every model of the profile.
     """
     from tqdm.auto import tqdm
 
@@ -349,6 +568,7 @@ def collect(
         "measure_version": MEASURE_VERSION,
         "environment": _environment(prof.threads, max([r.get("jobs", 1) for r in runs] or [1])),
         "runs": runs,
+        **({"merged": merged} if merged is not None else {}),
         "wall_seconds": math.fsum(r["wall_seconds"] for r in runs),
         "train_seconds": math.fsum(r["train_seconds"] for r in records),
     }

@@ -29,7 +29,7 @@ from ..attacks import parse_eps
 from .datasets import load_data
 from .profiles import ModelSpec, Profile, build_graph
 
-__all__ = ["run_model"]
+__all__ = ["config_hash", "run_model"]
 
 
 # --------------------------------------------------------------------------- settings
@@ -66,6 +66,12 @@ def _config(spec: ModelSpec, profile: Profile) -> dict:
         "curve_pgd_images": profile.curve_pgd_images if spec.curve else 0,
         **_train_settings(profile, spec),
     }
+
+
+def config_hash(spec: ModelSpec, profile: Profile) -> str:
+    """The key of a model's ``result.json``: the hash of everything that decides its
+    training and attacks. A result recorded under another hash is not this model's."""
+    return json_hash(_config(spec, profile))
 
 
 def _pgd_settings(profile: Profile) -> dict:
@@ -178,7 +184,7 @@ def run_model(
     """
     folder = Path(out_dir) / "models" / spec.name
     config = _config(spec, profile)
-    key = json_hash(config)
+    key = config_hash(spec, profile)
     old = read_json(folder / "result.json")
     if isinstance(old, dict) and old.get("config_hash") == key and (folder / "model.pt").is_file():
         return old, False
