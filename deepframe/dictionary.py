@@ -113,6 +113,8 @@ def random_weights(
         The weights would need more than the memory budget (see
         :func:`deepframe.memory.check_memory`); nothing is allocated.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"random_weights: seed must be an integer >= 0, got {seed!r}")
     s = structure(g)
     check_memory(s, "weights", dtype=dtype, memory_budget=memory_budget)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -412,14 +414,41 @@ class GlobalDictionary:
         ]
 
     # -- the operator ---------------------------------------------------------
-    def matvec(self, w: torch.Tensor) -> torch.Tensor:
-        """``D w``: row block ``t`` is ``B_t w_j - sum_k P_tk w_k``."""
+    def _operand(self, v, what: str) -> tuple[torch.Tensor, bool]:
+        """``v`` as a tensor of the dictionary's dtype and device, and whether it came
+        as a numpy array (scipy's ``LinearOperator`` rule: numpy in, numpy out)."""
+        import numpy as np
+
+        from_numpy = isinstance(v, np.ndarray)
+        if from_numpy:
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        elif not isinstance(v, torch.Tensor):
+            raise TypeError(
+                f"GlobalDictionary: {what} must be a torch.Tensor or a numpy array, "
+                f"got {type(v).__name__}"
+            )
+        if v.is_complex():
+            raise TypeError(f"GlobalDictionary: {what} must be real, got {v.dtype}")
+        return v.to(dtype=self.dtype, device=self.device), from_numpy
+
+    def matvec(self, w) -> torch.Tensor:
+        """``D w``: row block ``t`` is ``B_t w_j - sum_k P_tk w_k``.
+
+        ``w`` is ``(N,)`` or ``(B, N)``, a tensor or a numpy array of any real
+        dtype: it is cast to the dictionary's dtype and device, and the result
+        has that dtype (a numpy array for a numpy ``w``, as scipy's
+        ``LinearOperator`` returns).
+        """
+        w, from_numpy = self._operand(w, "w")
         codes = self.codes(w)
         out = self._rows([-t.residual(codes, None) for t in self.terms])
-        return out.squeeze(0) if w.dim() == 1 else out
+        out = out.squeeze(0) if w.dim() == 1 else out
+        return out.detach().cpu().numpy() if from_numpy else out
 
-    def rmatvec(self, r: torch.Tensor) -> torch.Tensor:
-        """``D^T r``: column block ``j`` is ``sum_t A_t r_t - sum_t P_tj^T r_t``."""
+    def rmatvec(self, r) -> torch.Tensor:
+        """``D^T r``: column block ``j`` is ``sum_t A_t r_t - sum_t P_tj^T r_t``
+        (``r`` as ``w`` of :meth:`matvec`)."""
+        r, from_numpy = self._operand(r, "r")
         parts = self._split_rows(r)
         batch = parts[0].shape[0]
         cols = {j: parts[0].new_zeros((batch, *self.node_shapes[j])) for j in self.nodes}
@@ -428,7 +457,8 @@ class GlobalDictionary:
             for k, p in t.targets:
                 cols[k] = cols[k] - p.adjoint(rt)
         out = self.flat(cols)
-        return out.squeeze(0) if r.dim() == 1 else out
+        out = out.squeeze(0) if r.dim() == 1 else out
+        return out.detach().cpu().numpy() if from_numpy else out
 
     def __matmul__(self, w: torch.Tensor) -> torch.Tensor:
         return self.matvec(w)

@@ -485,7 +485,7 @@ def _check_choice(builder: str, name: str, value: Any, choices: tuple) -> Any:
 
 def chain(
     input_shape: Sequence[int],
-    widths: Sequence[int],
+    widths: Sequence[int] = (8, 16),
     *,
     kernel_size: int = 3,
     strides: Sequence[int] | None = None,
@@ -500,7 +500,8 @@ def chain(
     ----------
     input_shape : (C, H, W) or (d,)
     widths : sequence of int
-        Channels (conv) or features (dense) of each layer.
+        Channels (conv) or features (dense) of each layer (default ``(8, 16)``,
+        as ``deepframe describe chain``).
     kernel_size : int
         Conv kernel size (padding ``kernel_size // 2``).
     strides : sequence of int, optional
@@ -882,8 +883,7 @@ def _from_builder(spec: str, name: str, rest: str) -> nx.DiGraph:
             raise ArchitectureError(f"architecture spec {spec!r}: option {key!r} has no value")
         kwargs[key] = _parse_value(value)
     if name == "chain":
-        kwargs.setdefault("input_shape", (1, 8, 8))
-        kwargs.setdefault("widths", (8, 16))
+        kwargs.setdefault("input_shape", (1, 8, 8))  # widths: chain's own default
     for key in ("input_shape", "widths", "strides"):
         if key in kwargs and not isinstance(kwargs[key], tuple):
             kwargs[key] = (kwargs[key],)
