@@ -106,6 +106,34 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
 
 
+def _check_attack_memory(model: nn.Module, data, batch_size: int) -> None:
+    """Refuse, before any work, an attack whose gradient would exceed the memory budget.
+
+    FGSM and PGD backpropagate through the whole model, every unrolled
+    pursuit iteration included: autograd keeps each iteration's activations
+    (:func:`deepframe.memory.check_model_memory`, ``"attack"``, at the
+    largest batch of ``data``: the images themselves, a pair of tensors, a
+    Dataset or a DataLoader, also wrapped in a progress bar; other iterables
+    are checked batch by batch). Models that are not compiled solvers pass.
+    """
+    from .memory import check_model_memory
+
+    if isinstance(data, torch.Tensor):
+        batch = data.shape[0]
+    elif isinstance(data, tuple | list) and data and isinstance(data[0], torch.Tensor):
+        batch = min(batch_size, data[0].shape[0])
+    elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+        batch = min(batch_size, len(data))
+    else:  # a DataLoader (its batch_size), possibly inside tqdm (its iterable)
+        loader = getattr(data, "iterable", data)
+        batch = getattr(loader, "batch_size", None)
+        if not isinstance(batch, int):
+            return
+        if hasattr(getattr(loader, "dataset", None), "__len__"):
+            batch = min(batch, len(loader.dataset))
+    check_model_memory(model, "attack", max(1, batch))
+
+
 def _loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``d J(x, y) / d x`` with J the cross-entropy of each sample (summed over the batch).
 
@@ -150,6 +178,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     """
     eps = float(eps)
     _check_inputs(x, y, eps)
+    _check_attack_memory(model, x, x.shape[0])
     with eval_mode(model):
         grad = _loss_gradient(model, x, y)
     return (x.detach() + eps * grad.sign()).clamp(0.0, 1.0)
@@ -209,6 +238,7 @@ def pgd(
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
+    _check_attack_memory(model, x, x.shape[0])
     x = x.detach()
     lower, upper = x - eps, x + eps
     x_adv = x
@@ -376,6 +406,8 @@ def evaluate(
     generator = torch.Generator(device=device).manual_seed(seed)
     robust = dict.fromkeys(eps_values, 0)
     loss_sum, correct, count = (0.0 if loss else None), 0, 0
+    if any(robust):  # an attack to run (eps = 0 reuses the clean logits)
+        _check_attack_memory(model, data, batch_size)
     with eval_mode(model):
         for x, y in _batches(data, batch_size, device):
             with torch.no_grad():
@@ -642,6 +674,7 @@ def audit(
         "pgd": dict.fromkeys(eps_values, 0),
         "transfer": dict.fromkeys(eps_values, 0),
     }
+    _check_attack_memory(model, data, batch_size)
     clean = large = zero = total = 0
     num_classes = None
     contexts = [eval_mode(model)] + ([eval_mode(twin)] if twin is not None else [])

@@ -136,6 +136,7 @@ def train(
     metadata: Mapping[str, Any] | None = None,
     eval_batch_size: int = 512,
     num_workers: int = 0,
+    memory_budget: int | str | None = None,
 ) -> list[dict]:
     r"""Train a classifier of [0, 1] images with cross-entropy (docs/training.md).
 
@@ -198,6 +199,10 @@ def train(
         Stored as is in the checkpoint (plain values: e.g. what rebuilds the model).
     eval_batch_size, num_workers : int
         Batch size of the evaluation; DataLoader worker processes.
+    memory_budget : int or str, optional
+        The memory one training step (and the FGSM validation) may take, e.g.
+        ``"16G"``; default ``DEEPFRAME_MEMORY_BUDGET``, else 2 GiB
+        (:mod:`deepframe.memory`). Checked before the first step.
 
     Returns
     -------
@@ -212,6 +217,12 @@ def train(
     ResumeMismatchError
         ``resume=True`` and the checkpoint was trained with other settings,
         metadata or model.
+    MemoryBudgetError
+        Before the first step: a training step of a compiled solver at this
+        batch size (the activations autograd keeps of every unrolled
+        iteration, the weights, their gradients and the optimizer's state),
+        or its FGSM validation at ``eval_batch_size``, would exceed the
+        memory budget (:func:`deepframe.memory.check_model_memory`).
     FloatingPointError
         The loss of an epoch is not finite (the run diverged).
     """
@@ -231,6 +242,9 @@ def train(
         check_storable(dict(metadata), "metadata")
     with process_group(device) as process:
         check_batch_size(batch_size, process)
+        _check_step_memory(
+            model, config, process.world_size, val_data, eval_batch_size, memory_budget
+        )
         model.to(process.device)
         optim = OPTIMIZERS[optimizer](parameter_groups(model, weight_decay), lr, momentum)
         scheduler = None if schedule is None else SCHEDULES[schedule](optim, epochs)
@@ -260,6 +274,41 @@ def train(
             on_epoch_end=on_epoch_end,
         )
         return _run_epochs(run, start_epoch, history)
+
+
+def _check_step_memory(
+    model: nn.Module,
+    config: dict,
+    world_size: int,
+    val_data: Dataset | None,
+    eval_batch_size: int,
+    memory_budget: int | str | None,
+) -> None:
+    """Refuse, before the first step, a run whose step would exceed the memory budget.
+
+    A training step at this process's share of the batch (the optimizer's
+    state: 2 tensors per weight for Adam, 1 for SGD with momentum) and, with
+    ``fgsm_eps``, the FGSM validation at ``eval_batch_size``
+    (:func:`deepframe.memory.check_model_memory`; other models pass).
+    """
+    from .memory import MemoryBudgetError, check_model_memory
+
+    states = 2 if config["optimizer"] == "adam" else int(config["momentum"] > 0)
+    batch = config["batch_size"] // world_size
+    check_model_memory(
+        model, "training", batch, optimizer_states=states, memory_budget=memory_budget
+    )
+    if config["fgsm_eps"] is None or val_data is None:
+        return
+    samples = len(val_data) if hasattr(val_data, "__len__") else eval_batch_size
+    batch = max(1, min(eval_batch_size, -(-samples // world_size)))
+    try:
+        check_model_memory(model, "attack", batch, memory_budget=memory_budget)
+    except MemoryBudgetError as exc:
+        raise MemoryBudgetError(
+            f"the FGSM validation after each epoch (fgsm_eps, eval_batch_size={eval_batch_size}): "
+            f"{exc}"
+        ) from None
 
 
 def _run_epochs(run: Run, start_epoch: int, history: list[dict]) -> list[dict]:
