@@ -45,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_metadata",
+    "read_torch_file",
     "save_checkpoint",
     "state_dict_mismatch",
 ]
@@ -141,11 +142,68 @@ def _sniff(head: bytes) -> str | None:
     return f"not a PyTorch file (it starts with the bytes {head[:4].hex(' ')})"
 
 
-def _load_error(err: BaseException, head: bytes = b"") -> str:
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _plain(text: str) -> str:
+    """``text`` without ANSI escape sequences and control characters, on one line."""
+    text = _ANSI.sub("", text)
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _pickle_opcodes(path: Path, limit: int = 1 << 24):
+    """The opcodes of the pickle in a torch file (its ``data.pkl``), parsed, never run.
+
+    Yields ``(name, argument)`` pairs; stops quietly at what it cannot parse
+    (or after ``limit`` bytes of pickle).
+    """
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return
+                with archive.open(name) as f:
+                    data = f.read(limit)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit)
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            yield op.name, arg
+    except Exception:  # noqa: BLE001 - a damaged pickle: what was read is the answer
+        return
+
+
+def _pickled_object(path: Path, name: str) -> str:
+    """What a torch file that holds the Python object ``name`` is, from its pickle: a whole
+    ``nn.Module`` (its ``__dict__`` holds ``_parameters`` and ``_modules``) or another object."""
+    strings = set()
+    for _, arg in _pickle_opcodes(path):
+        if isinstance(arg, str) and len(arg) < 64:
+            strings.add(arg)
+        if {"_parameters", "_modules"} <= strings:
+            return (
+                f"a whole pickled torch module ({name}), not a state dict: save "
+                "model.state_dict() instead (loading a pickled module runs code from the "
+                "file, so deepframe refuses it)"
+            )
+    return (
+        f"it holds a Python object ({name}) besides tensors and plain data, and loading that "
+        "could run code, so deepframe refuses the file"
+    )
+
+
+def _load_error(err: BaseException, head: bytes = b"", path: Path | None = None) -> str:
     """A one-line reason for a failed ``torch.load(weights_only=True)``, without torch's advice."""
-    text = str(err)
+    text = _plain(str(err))
     found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
     if found:
+        if path is not None:
+            return _pickled_object(path, found.group(1))
         return (
             f"it holds a Python object ({found.group(1)}) besides tensors and plain data, and "
             "loading that could run code, so deepframe refuses the file"
@@ -156,8 +214,68 @@ def _load_error(err: BaseException, head: bytes = b"") -> str:
         return "not a PyTorch checkpoint (a pickle that holds more than tensors and plain data)"
     if head.startswith(_ZIP_MAGIC):
         return "a zip archive without PyTorch's layout (another program's file, or damaged)"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    lines = str(err).strip().splitlines()
+    first = _plain(lines[0]) if lines else type(err).__name__
     return f"unreadable ({first[:120]})"
+
+
+def read_torch_file(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    what: str = "deepframe checkpoint",
+    missing: str = "checkpoint not found",
+) -> Any:
+    """The object in a PyTorch file, read with ``torch.load(..., weights_only=True)``.
+
+    The one loader rule of deepframe for files a user hands it (checkpoints,
+    :func:`load_checkpoint`; foreign weights files,
+    :func:`deepframe.interop.load_state_dict`): loading never runs code from
+    the file, and every failure is one line naming the path and what the file
+    is (empty, a text file, not a PyTorch file, truncated, a whole pickled
+    ``nn.Module`` rather than a state dict, another Python object); torch's own
+    advice to retry with ``weights_only=False`` and its escape sequences are
+    never passed on.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    map_location : str or torch.device
+        Where the tensors go (checked to exist on this machine).
+    what : str
+        What the file should be, for the message (``"{path} is not a {what}: ..."``).
+    missing : str
+        The message's start when there is no file (``"{missing}: {path}"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        ``path`` is a folder, unreadable, or not a PyTorch file that
+        ``weights_only=True`` reads.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{missing}: {path}")
+    map_location = check_device(map_location)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    reason = _sniff(head)
+    if reason is not None:
+        raise ValueError(f"{path} is not a {what}: {reason}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip/pickle/EOF errors all mean "not such a file"
+        raise ValueError(f"{path} is not a {what}: {_load_error(err, head, path)}") from None
 
 
 def _check_state(path: Path, state: dict, training: bool) -> None:
@@ -191,7 +309,8 @@ def load_checkpoint(
 ) -> dict:
     """Read a deepframe checkpoint with ``torch.load(..., weights_only=True)``.
 
-    Loading never runs code from the file. Every failure is one line naming
+    Loading never runs code from the file (:func:`read_torch_file`, the
+    rule for every file deepframe loads). Every failure is one line naming
     the path and the reason; torch's own advice to retry with
     ``weights_only=False`` is never passed on.
 
@@ -228,25 +347,7 @@ def load_checkpoint(
     if path.is_dir():
         hint = " (the checkpoint.pt inside it?)" if (path / CHECKPOINT_NAME).is_file() else ""
         raise ValueError(f"{path} is a folder: give the checkpoint file{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    map_location = check_device(map_location)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the file ({err.strerror or err})") from None
-    reason = _sniff(head)
-    if reason is not None:
-        raise ValueError(f"{path} is not a deepframe checkpoint: {reason}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # zip/pickle/EOF errors all mean "not a checkpoint"
-        raise ValueError(
-            f"{path} is not a deepframe checkpoint: {_load_error(err, head)}"
-        ) from None
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         what = (
             f"a dict with keys {', '.join(map(str, list(state)[:5]))}"
@@ -314,34 +415,54 @@ def model_metadata(graph, *, dataset: str | None = None, **compile_options: Any)
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _compile_options(path: Path, metadata: dict) -> dict:
-    """The stored options of :func:`deepframe.compile`, checked (dtype, method, names)."""
+def _compile_options(path: Path, metadata: dict) -> tuple[dict, Any]:
+    """The stored options of :func:`deepframe.compile`, checked: names, the dtype's
+    name, then every value by the rules ``compile`` applies
+    (:class:`~deepframe.pursuit.CompileOptions`). Returns the keyword arguments of
+    ``compile`` and the validated options."""
     import inspect
 
-    from .pursuit import METHODS, compile
+    from .pursuit import CompileOptions, compile
 
     options = metadata.get("compile") or {}
     if not isinstance(options, dict):
         raise ValueError(f"{path}: the stored compile options are not a dict: {options!r:.60}")
     options = dict(options)
     known = set(inspect.signature(compile).parameters) - {"graph", "device"}
-    unknown = sorted(set(options) - known)
+    unknown = sorted(set(options) - known, key=str)
     if unknown:
         raise ValueError(
             f"{path}: the stored compile options name {', '.join(map(repr, unknown))}, which "
             "this deepframe's compile does not take (a checkpoint from another version?)"
         )
     if "dtype" in options:
-        if options["dtype"] not in _DTYPES:
+        if not isinstance(options["dtype"], str) or options["dtype"] not in _DTYPES:
             raise ValueError(
-                f"{path}: the stored dtype {options['dtype']!r} is not one of {', '.join(_DTYPES)}"
+                f"{path}: the stored dtype {options['dtype']!r:.60} is not one of "
+                f"{', '.join(_DTYPES)}"
             )
         options["dtype"] = getattr(torch, options["dtype"])
-    if "method" in options and options["method"] not in METHODS:
-        raise ValueError(
-            f"{path}: the stored method {options['method']!r} is not one of {', '.join(METHODS)}"
+    try:
+        checked = CompileOptions(**{k: v for k, v in options.items() if k != "weights"})
+    except (TypeError, ValueError) as exc:
+        reason = _plain(str(exc)).removeprefix("compile: ")
+        raise ValueError(f"{path}: the stored compile options are invalid: {reason}") from None
+    return options, checked
+
+
+def _check_build_memory(path: Path, graph, options) -> None:
+    """Refuse, before building it, a stored model whose build exceeds the memory budget
+    (its weights and head, the Lipschitz bounds, the state of its ``T`` iterations)."""
+    from .memory import MemoryBudgetError, Unroll, check_memory
+    from .terms import structure
+
+    what = "pursuit" if options.iterates else "weights"
+    try:
+        check_memory(
+            structure(graph), what, dtype=options.dtype, unroll=Unroll.from_options(options)
         )
-    return options
+    except MemoryBudgetError as exc:
+        raise MemoryBudgetError(f"{path}: the stored model: {exc}") from None
 
 
 def _nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -381,15 +502,19 @@ def load_model(
     ------
     FileNotFoundError, ValueError
         As :func:`load_checkpoint`; ``ValueError`` also when the checkpoint
-        does not record its architecture, when its stored architecture,
-        dtype, method or other compile options are invalid, when its weights
-        do not fit that architecture, and (``check_finite``) when a weight is
-        not finite. Every message names the path.
+        does not record its architecture, when its stored architecture or
+        any stored compile option is invalid (names, types and ranges: the
+        rules of :func:`deepframe.compile`, checked by constructing a
+        :class:`~deepframe.pursuit.CompileOptions`), when its weights do not
+        fit that architecture, and (``check_finite``) when a weight is not
+        finite. Every message names the path.
     MemoryBudgetError
-        The model would exceed the memory budget (see
-        :func:`deepframe.dictionary.check_memory`).
+        Before anything is built: the stored model (its weights, head,
+        Lipschitz bounds and the state of its ``T`` iterations, e.g. a stored
+        ``iterations=10**9``) would exceed the memory budget
+        (:func:`deepframe.memory.check_memory`).
     """
-    from .graph import ArchitectureError, loads
+    from .graph import ArchitectureError, loads, validate
     from .pursuit import compile
 
     path = Path(path)
@@ -400,7 +525,7 @@ def load_model(
             f"{path} does not record its architecture: train with "
             "metadata=model_metadata(graph, **compile_options)"
         )
-    options = _compile_options(path, metadata)
+    options, checked = _compile_options(path, metadata)
     if check_finite:
         bad = _nonfinite(state["model"])
         if bad:
@@ -410,9 +535,10 @@ def load_model(
                 "smaller learning rate"
             )
     try:
-        graph = loads(metadata["graph"], where=f"{path} (stored architecture)")
+        graph = validate(loads(metadata["graph"], where=f"{path} (stored architecture)"))
     except ArchitectureError as exc:
         raise ValueError(str(exc)) from None
+    _check_build_memory(path, graph, checked)
     try:
         model = compile(graph, **options, device=map_location)
     except (TypeError, ValueError) as exc:

@@ -111,6 +111,34 @@ class CompileOptions:
                 f"compile: unknown negative_bias {self.negative_bias!r}; "
                 f"expected one of {NEGATIVE_BIAS}"
             )
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """The options a stored checkpoint may hold in any type: flags are bools, counts
+        ints (not bools), ``dtype`` a floating torch dtype (``deepframe.load_model``
+        validates stored options by constructing this class)."""
+        for name in ("learn_lambda", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"compile: {name} must be True or False, got {getattr(self, name)!r}"
+                )
+        for name in ("alpha", "beta"):
+            if isinstance(getattr(self, name), bool):
+                raise ValueError(f"compile: {name} must be a number, got {getattr(self, name)!r}")
+        classes = self.num_classes
+        if classes is not None and (
+            isinstance(classes, bool) or not isinstance(classes, int) or classes < 1
+        ):
+            raise ValueError(f"compile: num_classes must be an integer >= 1, got {classes!r}")
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise ValueError(f"compile: dtype must be a floating torch dtype, got {self.dtype!r}")
+        if isinstance(self.torch_compile, Mapping) and not all(
+            isinstance(k, str) for k in self.torch_compile
+        ):
+            raise ValueError(
+                "compile: torch_compile's options must be named by strings, got "
+                f"{self.torch_compile!r}"
+            )
 
     @property
     def iterates(self) -> bool:
