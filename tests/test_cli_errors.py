@@ -107,20 +107,58 @@ def inputs(tmp_path_factory) -> Path:
     (root / "resnet").write_text("a file that shadows the builder\n")
     (root / "existing.json").write_text('{"keep": true}\n')
     (root / "afile").write_text("a plain file\n")
+    # outputs that are not regular files, and folders that are not runs
+    os.mkfifo(root / "fifo")
+    _socket(root / "sock")
+    _char_device(root / "chardev")
+    (root / "dangling").symlink_to(root / "nowhere.json")
+    (root / "link.json").symlink_to(root / "existing.json")
+    (root / "notarun").mkdir()
+    (root / "notarun" / "notes.txt").write_text("my notes\n")
+    (root / "trainfifo").mkdir()
+    os.mkfifo(root / "trainfifo" / "log.jsonl")
+    model = root / "reproduction" / "models" / "ff-0"  # a model folder of `reproduce`
+    model.mkdir(parents=True)
+    shutil.copy(good, model / "model.pt")
+    (model / "result.json").write_text('{"clean_acc": 0.9}\n')
+    (root / "checkpoint-copy.pt").write_bytes(raw)
     return root
 
 
+def _socket(path: Path) -> None:
+    """A Unix socket file at ``path`` (left bound; the file stays after closing)."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+
+
+def _char_device(path: Path) -> None:
+    """A character device (``/dev/null``'s numbers) at ``path`` where allowed (root), else a
+    FIFO: either must be refused as an output."""
+    import stat
+
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError, OSError):
+        os.mkfifo(path)
+
+
 def _snapshot(root: Path) -> dict:
+    """Every entry under ``root``: regular files by hash and mtime, others by kind and inode."""
     out = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file():
-            st = path.stat()
-            out[str(path.relative_to(root))] = (
-                hashlib.sha256(path.read_bytes()).hexdigest(),
-                st.st_mtime_ns,
-            )
-        else:
-            out[str(path.relative_to(root))] = "folder"
+        st = path.lstat()
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            out[name] = ("link", os.readlink(path))
+        elif path.is_file():
+            out[name] = (hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mtime_ns)
+        elif path.is_dir():
+            out[name] = "folder"
+        else:  # FIFO, socket, device: never opened (a FIFO would block)
+            out[name] = ("special", st.st_mode, st.st_ino, st.st_rdev)
     return out
 
 
@@ -226,6 +264,105 @@ CASES = [
         "afile is a file",
     ),  # fmt: skip
     ("train out is a file", ["train", ARCH, "--out", "afile"], 2, "afile is a file"),
+    # ---- outputs that are not regular files: refused even with --force
+    ("attack out fifo", ["attack", "run/checkpoint.pt", "--out", "fifo", "--force"], 2, "FIFO"),
+    (
+        "attack out socket",
+        ["attack", "run/checkpoint.pt", "--out", "sock", "--force"],
+        2,
+        "sock is a socket",
+    ),  # fmt: skip
+    (
+        "attack out device",
+        ["attack", "run/checkpoint.pt", "--out", "chardev", "--force"],
+        2,
+        "not a regular file",
+    ),  # fmt: skip
+    (
+        "attack out broken link",
+        ["attack", "run/checkpoint.pt", "--out", "dangling", "--force"],
+        2,
+        "broken symbolic link",
+    ),  # fmt: skip
+    (
+        "describe out fifo",
+        ["describe", "chain", "--out", "fifo", "--format", "dot", "--force"],
+        2,
+        "FIFO",
+    ),  # fmt: skip
+    (
+        "describe out device",
+        ["describe", "chain", "--out", "chardev", "--format", "json", "--force"],
+        2,
+        "chardev is a",
+    ),  # fmt: skip
+    ("train out fifo", ["train", ARCH, "--out", "fifo"], 2, "fifo is a FIFO"),
+    ("train log is a fifo", ["train", ARCH, "--out", "trainfifo"], 2, "log.jsonl is a FIFO"),
+    ("reproduce out socket", ["reproduce", "--profile", "test", "--out", "sock"], 2, "socket"),
+    # ---- folders that are not runs
+    ("train out root", ["train", ARCH, "--out", "/"], 2, "--out / is a folder that holds"),
+    ("train out other files", ["train", ARCH, "--out", "notarun"], 2, "notes.txt"),
+    (
+        "train out a reproduction",
+        ["train", ARCH, "--out", "reproduction"],
+        2,
+        "is not a run of deepframe train",
+    ),
+    (
+        "reproduce out a train run",
+        ["reproduce", "--profile", "test", "--out", "run"],
+        2,
+        "is not a reproduction",
+    ),  # fmt: skip
+    (
+        "reproduce out root",
+        ["reproduce", "--profile", "test", "--out", "/"],
+        2,
+        "is not a reproduction",
+    ),
+    (
+        "merge out other files",
+        ["reproduce", "--profile", "test", "--merge", "reproduction", "--out", "notarun"],
+        2,
+        "notes.txt",
+    ),  # fmt: skip
+    # ---- a run's own files and checkpoints: refused even with --force
+    (
+        "attack out the log",
+        ["attack", "run/checkpoint.pt", "--out", "run/log.jsonl", "--force"],
+        2,
+        "the training log of the run",
+    ),  # fmt: skip
+    (
+        "attack out a model's result",
+        ["attack", "run/checkpoint.pt", "--out", "reproduction/models/ff-0/result.json", "--force"],
+        2,
+        "the results of the run",
+    ),  # fmt: skip
+    (
+        "attack out a model's weights",
+        ["attack", "reproduction/models/ff-0/model.pt", "--out", "run/checkpoint.pt", "--force"],
+        2,
+        "the checkpoint of the run",
+    ),  # fmt: skip
+    (
+        "attack out another checkpoint",
+        ["attack", "run/checkpoint.pt", "--out", "checkpoint-copy.pt", "--force"],
+        2,
+        "a PyTorch file",
+    ),  # fmt: skip
+    (
+        "describe out a run's results",
+        ["describe", "chain", "--out", "reproduction/models/ff-0/result.json", "--force"],
+        2,
+        "the results of the run",
+    ),  # fmt: skip
+    (
+        "describe out a checkpoint as json",
+        ["describe", "chain", "--out", "run/checkpoint.pt", "--format", "json", "--force"],
+        2,
+        "the checkpoint of the run",
+    ),  # fmt: skip
     (
         "describe out is the input",
         ["describe", "net.json", "--out", "net.json", "--force"],
@@ -314,6 +451,13 @@ CASES = [
     ("limit zero", ["attack", "run/checkpoint.pt", "--limit", "0"], 2, "--limit"),
     ("limit negative", ["attack", "run/checkpoint.pt", "--limit", "-3"], 2, "--limit"),
     ("steps zero", ["attack", "run/checkpoint.pt", "--steps", "0"], 2, "--steps"),
+    ("steps with fgsm", ["attack", "run/checkpoint.pt", "--steps", "5"], 2, "--steps 5"),
+    (
+        "steps with fgsm named",
+        ["attack", "run/checkpoint.pt", "--attack", "fgsm", "--steps", "1", "--out", "new.json"],
+        2,
+        "--attack pgd",
+    ),  # fmt: skip
     ("eps word", ["attack", "run/checkpoint.pt", "--eps", "8/255,big"], 2, "--eps"),
     ("eps empty", ["attack", "run/checkpoint.pt", "--eps", ""], 2, "--eps"),
     ("unknown option", ["attack", "run/checkpoint.pt", "--epsilon", "0.1"], 2, "--epsilon"),

@@ -18,7 +18,7 @@ deepframe's torch modules are imported inside the commands, so ``deepframe
 :mod:`.reproduce`   ``deepframe reproduce``
 :mod:`.arguments`   the value types of options (``--lr``, ``--eps``, ...)
 :mod:`.options`     the parser classes and the options several commands share
-:mod:`.outputs`     checks of output files and folders, before any work
+:mod:`.outputs`     checks of output files and folders, before any work; run locks
 :mod:`.errors`      :class:`CommandError`, exit statuses, one-line messages
 :mod:`.runtime`     status lines, the device, reading an architecture
 :mod:`.graph_files` writing a graph as node-link JSON, GraphML or DOT

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 from .. import __version__
@@ -21,6 +24,7 @@ from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    CommandError,
     _message,
 )
 from .options import DEBUG_HELP, _Formatter, _Parser
@@ -53,16 +57,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _memory_budget(args) -> Iterator[None]:
-    """Apply ``--memory-budget`` to every library call of this command, then restore."""
+def _machine_memory(at_least: int) -> int | None:
+    """Bytes of memory of this machine (None: unknown): its RAM, or its largest GPU's when
+    the RAM is less than ``at_least`` and a GPU has more (PyTorch is imported only then)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+    if ram >= at_least:
+        return ram
+    import torch
+
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            ram = max(ram, torch.cuda.get_device_properties(i).total_memory)
+    return ram
+
+
+def _check_budget(budget: int, source: str) -> None:
+    """Refuse a memory budget above what this machine has: the estimates checked against it
+    could not keep a request from exhausting the memory."""
     from .._io import format_bytes
 
+    machine = _machine_memory(budget)
+    if machine is not None and budget > machine:
+        raise CommandError(
+            f"the memory budget {source} ({format_bytes(budget)}) is more than this machine "
+            f"has ({format_bytes(machine)}): requests estimated under it could still exhaust "
+            f"the memory; give at most {max(1, machine // 1024**3)}G"
+        )
+
+
+@contextlib.contextmanager
+def _memory_budget(args) -> Iterator[None]:
+    """Apply ``--memory-budget`` to every library call of this command, then restore.
+
+    A budget (``--memory-budget`` or ``DEEPFRAME_MEMORY_BUDGET``) above this machine's
+    memory is refused before any work.
+    """
+    from .._io import format_bytes, parse_size
+
+    name = "DEEPFRAME_MEMORY_BUDGET"
     budget = getattr(args, "memory_budget", None)
     if budget is None:
+        text = os.environ.get(name, "").strip()
+        try:
+            from_env = parse_size(text) if text else None
+        except ValueError:  # the library names the variable and why
+            from_env = None
+        if from_env is not None:
+            _check_budget(from_env, f"{name}={text}")
         yield
         return
-    name = "DEEPFRAME_MEMORY_BUDGET"
+    _check_budget(budget, "--memory-budget")
     old = os.environ.get(name)
     os.environ[name] = str(budget)
     try:
@@ -75,11 +122,40 @@ def _memory_budget(args) -> Iterator[None]:
             os.environ[name] = old
 
 
+#: Signals that end a command like Ctrl-C (SIGINT) does: cleanly, its run resumable.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does, for the command's duration.
+
+    Without this they would end the process at once: no ``finally`` would run (the
+    run's lock, a temporary file), and no "interrupted" line would be printed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _interrupt) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (0 success, 1 failure, 2 bad input)."""
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(words)
         if extra:  # reported by the subcommand, whose options they are not
             args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as stop:  # --help, --version and argument errors
@@ -90,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "yes",
         "on",
     )
+    args.command_line = shlex.join(["deepframe", *words])  # as a run's lock records it
     try:
-        with _memory_budget(args):
+        with _stop_signals_interrupt(), _memory_budget(args):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:

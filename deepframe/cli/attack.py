@@ -14,10 +14,13 @@ from pathlib import Path
 from .arguments import DATASET_EPS, _eps_ladder, _eps_text, _integer
 from .errors import EXIT_OK, CommandError
 from .options import add_command, add_device, add_memory_budget
-from .outputs import _check_output_file
+from .outputs import _check_not_being_written, _check_output_file, _run_lock, _same_file
 from .runtime import _device, _say
 
-__all__ = ["add_parser", "attack_command"]
+__all__ = ["PGD_STEPS", "add_parser", "attack_command"]
+
+#: PGD's steps when ``--steps`` is not given.
+PGD_STEPS = 10
 
 
 def _checkpoint_file(args) -> Path:
@@ -33,11 +36,9 @@ def _checkpoint_file(args) -> Path:
     return checkpoint
 
 
-def _dataset(args, checkpoint: Path) -> str:
+def _dataset(args, checkpoint: Path, state: dict) -> str:
     """``--dataset``, else the data set the checkpoint records; one of :data:`DATASET_EPS`."""
-    from ..checkpoints import load_checkpoint
-
-    stored = (load_checkpoint(checkpoint, training=False).get("metadata") or {}).get("dataset")
+    stored = (state.get("metadata") or {}).get("dataset")
     dataset = args.dataset or stored
     if dataset is None:
         raise CommandError(f"{checkpoint} does not record its dataset: pass --dataset")
@@ -49,23 +50,64 @@ def _dataset(args, checkpoint: Path) -> str:
     return dataset
 
 
+#: The keys by which an existing file is recognised as an earlier result of ``attack``.
+_RESULT_KEYS = {"checkpoint", "attack", "clean", "accuracy"}
+
+
+def _earlier_result(out: Path, checkpoint: Path) -> bool:
+    """Whether ``out`` holds an earlier result of ``deepframe attack`` on ``checkpoint``.
+
+    Such a file is the command's own output: a rerun replaces it without ``--force``.
+    Its ``checkpoint`` is read as written (from the current folder) or beside ``out``.
+    """
+    import json
+
+    try:
+        if out.stat().st_size > 1 << 20:
+            return False
+        result = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(result, dict) or not _RESULT_KEYS <= set(result):
+        return False
+    stored = result.get("checkpoint")
+    if not isinstance(stored, str):
+        return False
+    candidates = [Path(stored), out.parent / Path(stored).name]
+    return any(_same_file(candidate, checkpoint) for candidate in candidates)
+
+
 def attack_command(args) -> int:
     """Accuracy of a trained checkpoint under FGSM or PGD for each eps."""
     checkpoint = _checkpoint_file(args)
+    if args.attack == "fgsm" and args.steps is not None:
+        raise CommandError(
+            f"--steps {args.steps} has no effect with --attack fgsm (one step by definition): "
+            "drop it, or choose --attack pgd"
+        )
     out = Path(args.out) if args.out else checkpoint.with_name(f"attack_{args.attack}.json")
-    _check_output_file(out, "--out", inputs=[checkpoint], force=args.force)
+    rerun = out.is_file() and _earlier_result(out, checkpoint)
+    out = _check_output_file(out, "--out", inputs=[checkpoint], force=args.force or rerun)
+    if not _same_file(out.parent, checkpoint.parent):
+        _check_not_being_written(checkpoint.parent, f"checkpoint {checkpoint}")
+    with _run_lock(args, out.parent, "--out"):
+        return _attack(args, checkpoint, out, rerun)
 
+
+def _attack(args, checkpoint: Path, out: Path, rerun: bool) -> int:
+    """:func:`attack_command` once the output is checked and its folder locked."""
     import torch
     from tqdm.auto import tqdm
 
     from .._io import write_json
     from ..attacks import evaluate, parse_eps_list
-    from ..checkpoints import load_model
+    from ..checkpoints import load_checkpoint, load_model
     from ..data import load_dataset
 
     device = _device(args)
     model = load_model(checkpoint, map_location=device)
-    dataset = _dataset(args, checkpoint)
+    state = load_checkpoint(checkpoint, training=False)
+    dataset = _dataset(args, checkpoint, state)
     eps_text = args.eps or _eps_ladder(DATASET_EPS[dataset])
     eps = parse_eps_list(eps_text)
     if args.data_dir and dataset != "cifar10":
@@ -73,20 +115,26 @@ def attack_command(args) -> int:
     _, val_set = load_dataset(dataset, data_dir=args.data_dir, seed=args.seed)
     if args.limit is not None:
         val_set = torch.utils.data.Subset(val_set, range(min(args.limit, len(val_set))))
-    steps = f", {args.steps} steps" if args.attack == "pgd" else ""
+    pgd = args.attack == "pgd"
+    steps = (args.steps or PGD_STEPS) if pgd else 1
     _say(
         args,
-        f"{args.attack}{steps} at eps {eps_text} on {len(val_set)} {dataset} samples, "
-        f"device {device}",
+        f"{args.attack}{f', {steps} steps' if pgd else ''} at eps {eps_text} on "
+        f"{len(val_set)} {dataset} samples, seed {args.seed}, device {device}",
     )
     batches = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
     bar = tqdm(batches, desc=f"{args.attack} x {len(eps)} eps", disable=args.quiet, leave=False)
-    measured = evaluate(model, bar, eps, args.attack, steps=args.steps, seed=args.seed)
+    measured = evaluate(model, bar, eps, args.attack, steps=steps, seed=args.seed)
     clean, accs = measured.accuracy, measured.robust_accuracy
     result = {
         "checkpoint": str(checkpoint),
+        "epoch": state.get("epoch") if isinstance(state.get("epoch"), int) else None,
         "attack": args.attack,
-        "steps": args.steps if args.attack == "pgd" else None,
+        "steps": steps if pgd else None,
+        # pgd's default step size, 2.5 eps / steps (deepframe.attacks.pgd), per eps
+        "step_size": {f"{e:.6g}": 2.5 * e / steps for e in eps} if pgd else None,
+        "random_start": True if pgd else None,
+        "seed": args.seed,
         "dataset": dataset,
         "samples": len(val_set),
         "device": str(device),
@@ -100,7 +148,7 @@ def attack_command(args) -> int:
         print(f"clean accuracy: {clean:.4f}")
         for text, (e, a) in zip(eps_text.split(","), accs.items()):
             print(f"{args.attack} eps={text.strip()} ({e:.5f}): {a:.4f}")
-    _say(args, f"wrote {out}")
+    _say(args, f"{'replaced its earlier result in' if rerun else 'wrote'} {out}")
     return EXIT_OK
 
 
@@ -111,8 +159,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "attack",
         "accuracy of a checkpoint under FGSM or PGD",
         attack_command,
-        "The result is also written as JSON (--out); an existing file is never replaced\n"
-        "without --force, and never the checkpoint. Units of eps: docs/robustness.md.",
+        "The result is also written as JSON (--out). A rerun replaces its own earlier\n"
+        "result (the same checkpoint's); any other existing file needs --force, and the\n"
+        "checkpoint and the run's files are never replaced. Units of eps:\n"
+        "docs/robustness.md.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.pt of deepframe train")
     p.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd"], help="the attack")
@@ -125,7 +175,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         + ", ".join(f"{d} {e}" for d, e in DATASET_EPS.items())
         + ")",
     )
-    p.add_argument("--steps", type=_integer(1), default=10, help="PGD steps")
+    p.add_argument(
+        "--steps",
+        type=_integer(1),
+        default=None,
+        help=f"PGD steps (default: {PGD_STEPS}; FGSM is one step and refuses --steps)",
+    )
     p.add_argument(
         "--dataset",
         default=None,

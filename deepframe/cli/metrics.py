@@ -32,30 +32,86 @@ _SHOWN = {
 }  # fmt: skip
 
 
-def format_metrics(report: dict) -> str:
-    """``metrics_report``'s dict as a readable table (the raw dict is ``--json``)."""
+def _vacuous(report: dict) -> list[str]:
+    """Which of the report's bounds say nothing here, and why."""
     bounds = report.get("bounds", {})
+    n_atoms, rows = report.get("nonzero_atoms"), report.get("rows")
+    if not isinstance(n_atoms, (int, float)) or not isinstance(rows, (int, float)):
+        return []
+    notes = []
+    if n_atoms <= rows:
+        notes.append(
+            f"the Welch bounds (N = {n_atoms} <= n = {rows}, an undercomplete D: orthonormal "
+            "atoms have coherence 0 and FP = N, so Welch gives coherence >= 0 and an FP bound "
+            "N^2 / n below the trivial N)"
+        )
+    fp_bound = bounds.get("structured_frame_potential")
+    if isinstance(fp_bound, (int, float)) and fp_bound <= n_atoms * (1 + 1e-12):
+        notes.append(
+            "the structured bounds (FP_lb = N: every node's atoms fit in the rows they reach, "
+            "so the block bound adds nothing and the structured coherence bound is 0)"
+        )
+    return notes
+
+
+def format_metrics(report: dict) -> str:
+    """``metrics_report``'s dict as a readable table, with what each number bounds and when a
+    bound is vacuous (the raw dict is ``--json``)."""
+    bounds = report.get("bounds", {})
+    n_atoms, rows, n_nz = (
+        report.get("nonzero_atoms"),
+        report.get("rows"),
+        report.get("structural_nonzeros"),
+    )
+
+    def dfp_bound(fp_bound):  # DFP = (FP - N) / N_nz >= (FP_bound - N) / N_nz
+        if not all(isinstance(v, (int, float)) for v in (fp_bound, n_atoms, n_nz)) or not n_nz:
+            return None
+        return max(0.0, (fp_bound - n_atoms) / n_nz)
+
+    mu = report.get("coherence")
     lines = [
-        f"global dictionary D: {report.get('rows')} rows x {report.get('atoms')} atoms "
-        f"({report.get('nonzero_atoms')} nonzero), method {report.get('method')}",
+        f"global dictionary D: {rows} rows x {report.get('atoms')} atoms "
+        f"({n_atoms} nonzero), method {report.get('method')}",
         "",
         f"{'':28}{'measured':>14}{'Welch bound':>14}{'structured bound':>18}",
-        f"{'mutual coherence':28}{_number(report.get('coherence')):>14}"
+        f"{'mutual coherence':28}{_number(mu):>14}"
         f"{_number(bounds.get('welch_coherence')):>14}"
         f"{_number(bounds.get('structured_coherence')):>18}",
         f"{'frame potential':28}{_number(report.get('frame_potential')):>14}"
         f"{_number(bounds.get('welch_frame_potential')):>14}"
         f"{_number(bounds.get('structured_frame_potential')):>18}",
-        f"{'deep frame potential':28}{_number(report.get('deep_frame_potential')):>14}",
-        f"{'structural nonzeros N_nz':28}{_number(report.get('structural_nonzeros')):>14}",
+        f"{'deep frame potential':28}{_number(report.get('deep_frame_potential')):>14}"
+        f"{_number(dfp_bound(bounds.get('welch_frame_potential'))):>14}"
+        f"{_number(dfp_bound(bounds.get('structured_frame_potential'))):>18}",
+        f"{'structural nonzeros N_nz':28}{_number(n_nz):>14}",
+        "",
+        f"What each number bounds (G: the Gram of the unit-norm atoms; N = {n_atoms} nonzero "
+        f"atoms, n = {rows} rows):",
+        "  mutual coherence mu = max |G_ij| over i != j: mu >= the Welch bound "
+        "sqrt((N - n) / (n (N - 1))); mu^2 >= (FP_lb - N) / N_nz (structured)",
+        "  frame potential FP = sum_ij G_ij^2, at least N (its diagonal): FP >= N^2 / n "
+        "(Welch); FP >= FP_lb = max(N^2 / n, sum_j N_j^2 / r_j) (structured)",
+        "  deep frame potential DFP = (FP - N) / N_nz, the mean G_ij^2 over the N_nz pairs "
+        "that can interact: DFP >= (bound on FP - N) / N_nz (the bounds above), and "
+        f"DFP <= mu^2 = {_number(mu * mu if isinstance(mu, (int, float)) else None)}",
     ]
+    vacuous = _vacuous(report)
+    if vacuous:
+        lines.append("  vacuous here: " + "; ".join(vacuous))
     welch = report.get("welch") or []
     if welch:
-        lines += ["", "Welch bounds by order k:"]
+        lines += [
+            "",
+            "Welch bounds by order k (on sum_ij |G_ij|^(2k); k = 1: the frame potential):",
+        ]
         for row in welch:
+            k = row.get("k")
+            what = "the frame potential" if k == 1 else "not a frame potential"
             lines.append(
-                f"  k={row.get('k')}: coherence >= {_number(row.get('coherence'))}, "
-                f"frame potential >= {_number(row.get('frame_potential'))}"
+                f"  k={k}: coherence >= {_number(row.get('coherence'))}, "
+                f"sum_ij |G_ij|^{2 * k if isinstance(k, int) else '2k'} >= "
+                f"{_number(row.get('frame_potential'))} ({what})"
             )
     at = report.get("attained_at") or {}
     atoms = at.get("atoms") or []

@@ -13,7 +13,13 @@ from pathlib import Path
 from .arguments import _integer, _seed_list
 from .errors import EXIT_OK
 from .options import add_command
-from .outputs import _check_output_folder
+from .outputs import (
+    REPRODUCE_MARKERS,
+    _check_not_being_written,
+    _check_output_folder,
+    _run_lock,
+    _same_file,
+)
 from .runtime import _say
 
 __all__ = ["add_parser", "reproduce_command"]
@@ -21,10 +27,20 @@ __all__ = ["add_parser", "reproduce_command"]
 
 def reproduce_command(args) -> int:
     """The seed paper's Figs. 5-10 and claims end to end: train, attack, measure, report."""
+    out = Path(args.out)
+    _check_output_folder(out, "--out", (), REPRODUCE_MARKERS, "a reproduction")
+    for folder in args.merge or ():
+        if not _same_file(Path(folder), out):  # merge() refuses merging a folder into itself
+            _check_not_being_written(Path(folder), f"--merge {folder}")
+    with _run_lock(args, out, "--out"):
+        return _reproduce(args)
+
+
+def _reproduce(args) -> int:
+    """:func:`reproduce_command` once ``--out`` is checked and locked."""
     from ..experiments import merge, reproduce
 
     seeds = args.seeds
-    _check_output_folder(Path(args.out), "--out", ())
     _say(args, f"device cpu ({args.jobs} model(s) at a time, one process each)")
     if args.merge:
         summary = merge(

@@ -8,14 +8,16 @@ starts over). The loop itself is :func:`deepframe.train.train`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from .arguments import DATASET_EPS, _alpha, _beta, _eps_text, _integer, _real
-from .errors import EXIT_OK, CommandError
+from .errors import EXIT_FAILURE, EXIT_OK, CommandError
 from .options import add_arch, add_command, add_device, add_memory_budget
-from .outputs import _check_output_folder
+from .outputs import TRAIN_MARKERS, _check_output_folder, _run_lock
 from .runtime import _device, _graph, _number, _say
 
 __all__ = ["METHOD_ITERATIONS", "add_parser", "train_command"]
@@ -74,7 +76,15 @@ def train_command(args) -> int:
         flag = "--data-dir" if args.data_dir else "--augment"
         raise CommandError(f"{flag} applies to --dataset cifar10 only, not {args.dataset}")
     out = Path(args.out)
-    _check_output_folder(out, "--out", (CHECKPOINT_NAME, "log.jsonl"))
+    _check_output_folder(
+        out, "--out", (CHECKPOINT_NAME, "log.jsonl"), TRAIN_MARKERS, "a run of deepframe train"
+    )
+    with _run_lock(args, out, "--out"):
+        return _train(args, out, iterations, t_text)
+
+
+def _train(args, out: Path, iterations: int, t_text: str) -> int:
+    """:func:`train_command` once ``--out`` is checked and locked."""
     fgsm_eps = args.fgsm_eps or DATASET_EPS[args.dataset]
 
     import torch
@@ -135,21 +145,50 @@ def train_command(args) -> int:
     train_set, val_set = load_dataset(
         args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment
     )
-    history = train(
-        model,
-        train_set,
-        val_set,
-        **settings,
-        log_path=out / "log.jsonl",
-        checkpoint_dir=out,
-        resume=not args.restart,
-        progress=not args.quiet,
-        device=device,
-        metadata=metadata,
-    )
+    finished = [0 if state is None else state["epoch"]]  # the last finished epoch
+    try:
+        # the loop's line per epoch is a status line (stderr), like its progress bar:
+        # stdout holds the result alone, printed once below (--json: one JSON object)
+        with contextlib.redirect_stdout(sys.stderr):
+            history = train(
+                model,
+                train_set,
+                val_set,
+                **settings,
+                log_path=out / "log.jsonl",
+                checkpoint_dir=out,
+                resume=not args.restart,
+                progress=not args.quiet,
+                device=device,
+                metadata=metadata,
+                on_epoch_end=lambda record: finished.append(record["epoch"]),
+            )
+    except FloatingPointError as exc:
+        raise _diverged(args, out, finished[-1] + 1, exc) from None
     if rank0:  # under torchrun, rank 0 reports
         _report_train(args, history[-1] if history else {}, out, complete=False)
     return EXIT_OK
+
+
+def _diverged(args, out: Path, epoch: int, exc: FloatingPointError) -> CommandError:
+    """The run diverged in ``epoch``: say where, what went non-finite and what to lower."""
+    from ..checkpoints import CHECKPOINT_NAME
+
+    reason = str(exc).strip().rstrip(".") or "the loss is not finite"
+    kept = (
+        f"; {out / CHECKPOINT_NAME} still holds epoch {epoch - 1}"
+        if epoch > 1 and (out / CHECKPOINT_NAME).is_file()
+        else ""
+    )
+    suggestion = 0.01 if args.lr > 0.01 else args.lr / 10  # 0.01: the default
+    lower = f"lower --lr (now {args.lr:g}, e.g. to {suggestion:g})"
+    if args.adversarial_eps:
+        lower += " or --adversarial-eps"
+    return CommandError(
+        f"the run diverged in epoch {epoch} of {args.epochs} ({reason}): {lower}, then rerun "
+        f"with --restart{kept}",
+        code=EXIT_FAILURE,
+    )
 
 
 def _report_train(args, last: dict, out: Path, *, complete: bool) -> None:

@@ -126,6 +126,11 @@ def run_epoch(epoch: int, run: Run) -> dict:
     -------
     dict
         The epoch's record (the keys are listed in :func:`deepframe.train.train`).
+
+    Raises
+    ------
+    FloatingPointError
+        The loss or the weights are no longer finite (the run diverged).
     """
     from tqdm.auto import tqdm
 
@@ -154,23 +159,30 @@ def run_epoch(epoch: int, run: Run) -> dict:
     )
     attack_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, rank, 1))
     record = {"epoch": epoch + 1}
-    record.update(
-        train_epoch(
-            run.train_model,
-            model,
-            bar,
-            run.optimizer,
-            config["adversarial"],
-            attack_generator,
-            process,
+    try:
+        record.update(
+            train_epoch(
+                run.train_model,
+                model,
+                bar,
+                run.optimizer,
+                config["adversarial"],
+                attack_generator,
+                process,
+            )
         )
-    )
-    if run.scheduler is not None:
-        run.scheduler.step()
-    _refresh(model)
-    record.update(
-        validation_metrics(model, run.val_data, run.eval_batch_size, config["fgsm_eps"], process)
-    )
+        if run.scheduler is not None:
+            run.scheduler.step()
+        _refresh(model)
+        record.update(
+            validation_metrics(
+                model, run.val_data, run.eval_batch_size, config["fgsm_eps"], process
+            )
+        )
+    except torch.linalg.LinAlgError as exc:  # a solver's Lipschitz bound of non-finite weights
+        if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise
+        raise FloatingPointError("training diverged: the weights are no longer finite") from exc
     record.update(_extra_record(run.extra_metrics, model, run.val_data))
     record["time"] = time.perf_counter() - started
     return record
