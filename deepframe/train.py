@@ -287,8 +287,9 @@ def _check_step_memory(
     """Refuse, before the first step, a run whose step would exceed the memory budget.
 
     A training step at this process's share of the batch (the optimizer's
-    state: 2 tensors per weight for Adam, 1 for SGD with momentum) and, with
-    ``fgsm_eps``, the FGSM validation at ``eval_batch_size``
+    state: 2 tensors per weight for Adam, 1 for SGD with momentum), with
+    ``adversarial`` the FGSM example of each batch and, with ``fgsm_eps``, the
+    FGSM validation at ``eval_batch_size``
     (:func:`deepframe.memory.check_model_memory`; other models pass).
     """
     from .memory import MemoryBudgetError, check_model_memory
@@ -298,6 +299,8 @@ def _check_step_memory(
     check_model_memory(
         model, "training", batch, optimizer_states=states, memory_budget=memory_budget
     )
+    if config["adversarial"] is not None:  # each batch's FGSM example, crafted in eval mode
+        check_model_memory(model, "attack", batch, memory_budget=memory_budget)
     if config["fgsm_eps"] is None or val_data is None:
         return
     samples = len(val_data) if hasattr(val_data, "__len__") else eval_batch_size

@@ -261,3 +261,38 @@ def test_check_memory_of_a_small_unroll_returns_the_estimate():
     assert need == estimate_memory(g).bytes("training", 4, unroll=unroll)
     attack = check_memory(g, "attack", dtype=torch.float32, unroll=unroll)
     assert attack == estimate_memory(g).bytes("attack", 4, unroll=unroll)
+
+
+def test_train_checks_every_step_it_will_take(monkeypatch):
+    """The training step, adversarial training's FGSM examples, the FGSM validation."""
+    import deepframe.memory as memory
+
+    calls = []
+
+    def record(model, what, batch, **kwargs):
+        calls.append((what, batch, kwargs.get("optimizer_states", 0)))
+        raise MemoryBudgetError("stop here")
+
+    monkeypatch.setattr(memory, "check_model_memory", record)
+    net = df.compile(from_spec(CHAIN), method="deep", iterations=2)
+    for options, expected in [
+        ({"optimizer": "sgd", "momentum": 0.0}, ("training", 8, 0)),
+        ({"optimizer": "sgd"}, ("training", 8, 1)),
+        ({"optimizer": "adam"}, ("training", 8, 2)),
+    ]:
+        calls.clear()
+        with pytest.raises(MemoryBudgetError):
+            df.train(net, _data(), epochs=1, batch_size=8, progress=False, **options)
+        assert calls == [expected]
+    passed = []
+
+    def count(model, what, batch, **kwargs):
+        passed.append((what, batch))
+        if len(passed) == 3:
+            raise MemoryBudgetError("stop here")
+
+    monkeypatch.setattr(memory, "check_model_memory", count)
+    with pytest.raises(MemoryBudgetError, match="the FGSM validation after each epoch"):
+        df.train(net, _data(), _data(40), epochs=1, batch_size=8, progress=False, fgsm_eps=0.1,
+                 adversarial={"eps": 0.1}, eval_batch_size=32)  # fmt: skip
+    assert passed == [("training", 8), ("attack", 8), ("attack", 32)]
