@@ -55,7 +55,10 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Write via a temporary file in the same folder, fsync, then ``os.replace``.
 
     A crash at any moment leaves either the old file or the new one, never a
-    truncated mix.
+    truncated mix. A write that fails (a full disk, a read-only file system,
+    a file size limit) raises the OSError naming ``path``, not the temporary
+    file, also when ``write`` (``torch.save``, say) turned it into another
+    exception; the temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +71,8 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only file system, a folder made unwritable, ...
+            raise _naming(exc, path) from exc
     failures: list[OSError] = []
     try:
         with os.fdopen(fd, "wb") as f:

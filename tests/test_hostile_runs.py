@@ -228,14 +228,41 @@ def test_a_signal_ends_with_one_interrupted_line_and_the_run_resumes(tmp_path, s
 # --------------------------------------------------------------------------- failures while working
 
 
-def test_a_diverging_run_names_the_epoch_and_what_to_lower(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_stop_signals_are_interrupts_in_process(monkeypatch, capsys, stop):
+    import deepframe.cli.train as cli
+
+    def stopped(args):
+        os.kill(os.getpid(), stop)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(cli, "train_command", stopped)
+    before = signal.getsignal(stop)
+    assert main(["train", ARCH]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "deepframe train: interrupted (rerun the same command to resume)"
+    )
+    assert signal.getsignal(stop) == before  # restored after the command
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["--iterations", "1"],
+        ["--method", "feedforward", "--optimizer", "sgd"],
+        ["--method", "layered", "--optimizer", "sgd"],
+    ],
+    ids=["deep-adam", "feedforward-sgd", "layered-sgd"],
+)
+def test_a_diverging_run_names_the_epoch_and_what_to_lower(tmp_path, monkeypatch, capsys, method):
     monkeypatch.chdir(tmp_path)
-    code = main(["train", ARCH, "--iterations", "1", "--lr", "1e6", "--epochs", "2",
-                 "--batch-size", "256", "--quiet", "--out", "R"])  # fmt: skip
+    code = main(["train", ARCH, *method, "--lr", "1e6", "--epochs", "2", "--batch-size", "256",
+                 "--quiet", "--out", "R"])  # fmt: skip
     assert code == 1
     line = _error_line(capsys.readouterr().err, "train")
     assert "the run diverged in epoch 1 of 2" in line
-    assert "lower --lr (now 1e+06" in line and "internal error" not in line
+    assert "lower --lr (now 1e+06, e.g. to 0.01)" in line and "internal error" not in line
 
 
 def test_a_write_that_fails_names_the_file(tmp_path, monkeypatch, capsys):
@@ -268,6 +295,42 @@ def test_a_write_that_fails_names_the_file(tmp_path, monkeypatch, capsys):
     line = _error_line(capsys.readouterr().err, "train")
     assert f"cannot write {Path('R') / 'checkpoint.pt'}: No space left on device (ENOSPC)" in line
     assert not [p for p in (tmp_path / "R").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "text"),
+    [
+        (errno.EROFS, 1, "cannot write net.json: Read-only file system (EROFS)"),
+        (errno.EACCES, 2, "Permission denied: net.json"),
+        (errno.EDQUOT, 1, "cannot write net.json: Disk quota exceeded (EDQUOT)"),
+    ],
+    ids=["EROFS", "EACCES", "EDQUOT"],
+)
+def test_a_file_that_cannot_be_created_is_named(tmp_path, monkeypatch, capsys, code, status, text):
+    """The temporary file of an atomic write cannot be made: the destination is named."""
+    import deepframe._io as io
+
+    real = io.os.open
+
+    def refuse(path, flags, *args):
+        if str(path).endswith(".tmp"):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(io.os, "open", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main(["describe", "chain", "--out", "net.json"]) == status
+    assert text in _error_line(capsys.readouterr().err, "describe")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_through_a_symbolic_link_replaces_its_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "target.json").write_text("old\n")
+    (tmp_path / "link.json").symlink_to("target.json")
+    assert main(["describe", "chain", "--out", "link.json", "--force"]) == 0
+    assert (tmp_path / "link.json").is_symlink()  # the link is kept
+    assert json.loads((tmp_path / "target.json").read_text())["nodes"]
 
 
 def test_a_file_size_limit_in_a_real_process_names_the_file(tmp_path):
@@ -352,6 +415,8 @@ def test_attack_reruns_replace_their_own_result_only(tmp_path, monkeypatch, caps
     assert main([*pgd, "--limit", "16", "--seed", "3", "--quiet"]) == 0
     result = json.loads((tmp_path / "R" / "attack_pgd.json").read_text())
     assert result["seed"] == 3 and result["steps"] == 4
+    assert result["split_seed"] == 0  # the training run's split, whatever PGD's seed
+    assert result["samples"] == first["samples"] and result["clean"] == first["clean"]
     assert result["step_size"] == {"0.1": pytest.approx(2.5 * 0.1 / 4)}
     # another checkpoint's result at that path is not replaced without --force
     assert main([*LONG, "--epochs", "1", "--out", "S"]) == 0
@@ -367,9 +432,13 @@ def test_attack_reruns_replace_their_own_result_only(tmp_path, monkeypatch, caps
 def test_metrics_says_what_each_bound_bounds_and_when_it_is_vacuous(capsys):
     assert main(["metrics", "chain:input_shape=64,widths=32x10"]) == 0  # undercomplete
     text = capsys.readouterr().out
-    assert "vacuous here: the Welch bounds (N = 42 <= n = " in text
-    assert "sum_ij |G_ij|^4 >=" in text and "(not a frame potential)" in text
+    assert "vacuous here:         the Welch bounds: N = 42 <= n = 96 (undercomplete" in text
+    assert "the structured bounds: FP_lb = N" in text
+    assert "sum_ij |G_ij|^4 >= 0.5625 (vacuous: the diagonal alone gives N = 42)" in text
+    assert "only k = 1 is the frame potential" in text
     assert "DFP <= mu^2 = " in text
     assert main(["metrics", "chain:input_shape=1x6x6,widths=3x4"]) == 0  # overcomplete
     text = capsys.readouterr().out
-    assert "vacuous here: the Welch" not in text
+    assert "vacuous here" not in text
+    assert "sum_ij |G_ij|^2 >= 441\n" in text  # k = 1 says something here
+    assert "sum_ij |G_ij|^4 >= 9.06164 (vacuous: the diagonal alone gives N = 252)" in text

@@ -36,6 +36,21 @@ def _checkpoint_file(args) -> Path:
     return checkpoint
 
 
+def _split_seed(state: dict, default: int) -> int:
+    """The seed of the train/validation split the model was trained with (``train --seed``).
+
+    Attacking the validation samples of another split would attack images the
+    model was trained on. ``default`` where the checkpoint does not record it.
+    """
+    for seed in (
+        (state.get("config") or {}).get("seed"),
+        ((state.get("metadata") or {}).get("compile") or {}).get("seed"),
+    ):
+        if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+            return seed
+    return default
+
+
 def _dataset(args, checkpoint: Path, state: dict) -> str:
     """``--dataset``, else the data set the checkpoint records; one of :data:`DATASET_EPS`."""
     stored = (state.get("metadata") or {}).get("dataset")
@@ -112,15 +127,17 @@ def _attack(args, checkpoint: Path, out: Path, rerun: bool) -> int:
     eps = parse_eps_list(eps_text)
     if args.data_dir and dataset != "cifar10":
         raise CommandError(f"--data-dir applies to cifar10 only, not {dataset}")
-    _, val_set = load_dataset(dataset, data_dir=args.data_dir, seed=args.seed)
+    split = _split_seed(state, args.seed)
+    _, val_set = load_dataset(dataset, data_dir=args.data_dir, seed=split)
     if args.limit is not None:
         val_set = torch.utils.data.Subset(val_set, range(min(args.limit, len(val_set))))
     pgd = args.attack == "pgd"
     steps = (args.steps or PGD_STEPS) if pgd else 1
+    how = f"pgd, {steps} steps, seed {args.seed}" if pgd else "fgsm"
     _say(
         args,
-        f"{args.attack}{f', {steps} steps' if pgd else ''} at eps {eps_text} on "
-        f"{len(val_set)} {dataset} samples, seed {args.seed}, device {device}",
+        f"{how} at eps {eps_text} on {len(val_set)} {dataset} validation samples (the split "
+        f"of training seed {split}), device {device}",
     )
     batches = torch.utils.data.DataLoader(val_set, batch_size=256, shuffle=False)
     bar = tqdm(batches, desc=f"{args.attack} x {len(eps)} eps", disable=args.quiet, leave=False)
@@ -135,6 +152,7 @@ def _attack(args, checkpoint: Path, out: Path, rerun: bool) -> int:
         "step_size": {f"{e:.6g}": 2.5 * e / steps for e in eps} if pgd else None,
         "random_start": True if pgd else None,
         "seed": args.seed,
+        "split_seed": split,
         "dataset": dataset,
         "samples": len(val_set),
         "device": str(device),
@@ -200,7 +218,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="attack the first N validation samples only (default: all)",
     )
-    p.add_argument("--seed", type=_integer(0), default=0, help="seed of PGD's random starts")
+    p.add_argument(
+        "--seed",
+        type=_integer(0),
+        default=0,
+        help="seed of PGD's random starts (the validation split is always the one the model "
+        "was trained with)",
+    )
     add_device(p, "the attack")
     p.add_argument(
         "--out",

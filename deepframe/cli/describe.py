@@ -40,7 +40,8 @@ def describe(args) -> int:
                 f"--out {out}: cannot tell the format from the suffix {out.suffix!r}: use .json, "
                 ".graphml or .dot, or pass --format"
             )
-        _check_output_file(out, "--out", inputs=[args.arch] if args.arch else [], force=args.force)
+        inputs = [args.arch] if args.arch else []
+        out = _check_output_file(out, "--out", inputs=inputs, force=args.force)  # links followed
     elif fmt:
         raise CommandError("--format needs --out (the file to write)")
 

@@ -41,15 +41,13 @@ def _vacuous(report: dict) -> list[str]:
     notes = []
     if n_atoms <= rows:
         notes.append(
-            f"the Welch bounds (N = {n_atoms} <= n = {rows}, an undercomplete D: orthonormal "
-            "atoms have coherence 0 and FP = N, so Welch gives coherence >= 0 and an FP bound "
-            "N^2 / n below the trivial N)"
+            f"the Welch bounds: N = {n_atoms} <= n = {rows} (undercomplete: orthonormal atoms "
+            "reach mu = 0 and FP = N)"
         )
     fp_bound = bounds.get("structured_frame_potential")
     if isinstance(fp_bound, (int, float)) and fp_bound <= n_atoms * (1 + 1e-12):
         notes.append(
-            "the structured bounds (FP_lb = N: every node's atoms fit in the rows they reach, "
-            "so the block bound adds nothing and the structured coherence bound is 0)"
+            "the structured bounds: FP_lb = N (each node's atoms fit in the rows they reach)"
         )
     return notes
 
@@ -86,32 +84,37 @@ def format_metrics(report: dict) -> str:
         f"{_number(dfp_bound(bounds.get('structured_frame_potential'))):>18}",
         f"{'structural nonzeros N_nz':28}{_number(n_nz):>14}",
         "",
-        f"What each number bounds (G: the Gram of the unit-norm atoms; N = {n_atoms} nonzero "
-        f"atoms, n = {rows} rows):",
-        "  mutual coherence mu = max |G_ij| over i != j: mu >= the Welch bound "
-        "sqrt((N - n) / (n (N - 1))); mu^2 >= (FP_lb - N) / N_nz (structured)",
-        "  frame potential FP = sum_ij G_ij^2, at least N (its diagonal): FP >= N^2 / n "
-        "(Welch); FP >= FP_lb = max(N^2 / n, sum_j N_j^2 / r_j) (structured)",
-        "  deep frame potential DFP = (FP - N) / N_nz, the mean G_ij^2 over the N_nz pairs "
-        "that can interact: DFP >= (bound on FP - N) / N_nz (the bounds above), and "
-        f"DFP <= mu^2 = {_number(mu * mu if isinstance(mu, (int, float)) else None)}",
+        f"What each number bounds (G: the Gram of the unit-norm atoms; N = {n_atoms} atoms, "
+        f"n = {rows} rows):",
+        "  mutual coherence      mu = max |G_ij| over i != j",
+        "                        Welch: mu >= sqrt((N - n) / (n (N - 1)))",
+        "                        structured: mu^2 >= (FP_lb - N) / N_nz",
+        "  frame potential       FP = sum_ij G_ij^2 >= N (the diagonal alone)",
+        "                        Welch: FP >= N^2 / n",
+        "                        structured: FP >= FP_lb = max(N^2 / n, sum_j N_j^2 / r_j)",
+        "  deep frame potential  DFP = (FP - N) / N_nz: the mean G_ij^2 over the pairs that can "
+        "interact",
+        "                        bounds: (the FP bound - N) / N_nz; above: DFP <= mu^2 = "
+        f"{_number(mu * mu if isinstance(mu, (int, float)) else None)}",
     ]
-    vacuous = _vacuous(report)
-    if vacuous:
-        lines.append("  vacuous here: " + "; ".join(vacuous))
+    for i, note in enumerate(_vacuous(report)):
+        lines.append(f"  {'vacuous here:' if i == 0 else '':22}{note}")
     welch = report.get("welch") or []
     if welch:
         lines += [
             "",
-            "Welch bounds by order k (on sum_ij |G_ij|^(2k); k = 1: the frame potential):",
+            "Welch bounds by order k (sum_ij |G_ij|^(2k) >= N^2 c_k; only k = 1 is the frame "
+            "potential):",
         ]
         for row in welch:
-            k = row.get("k")
-            what = "the frame potential" if k == 1 else "not a frame potential"
+            k, bound = row.get("k"), row.get("frame_potential")
+            power = 2 * k if isinstance(k, int) else "2k"
+            vacuous = isinstance(bound, (int, float)) and isinstance(n_atoms, int)
+            vacuous = vacuous and bound <= n_atoms
+            note = f" (vacuous: the diagonal alone gives N = {n_atoms})" if vacuous else ""
             lines.append(
                 f"  k={k}: coherence >= {_number(row.get('coherence'))}, "
-                f"sum_ij |G_ij|^{2 * k if isinstance(k, int) else '2k'} >= "
-                f"{_number(row.get('frame_potential'))} ({what})"
+                f"sum_ij |G_ij|^{power} >= {_number(bound)}{note}"
             )
     at = report.get("attained_at") or {}
     atoms = at.get("atoms") or []
