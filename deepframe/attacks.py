@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._inputs import check_images
+
 __all__ = [
     "AuditCheck",
     "AuditReport",
@@ -95,9 +97,10 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
-    if not x.is_floating_point():
-        raise ValueError(f"images must be floating point, got {x.dtype}")
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, where: str) -> None:
+    """The images by the input rule (:func:`deepframe._inputs.check_images`), in [0, 1],
+    one label each; eps already read by :func:`parse_eps`."""
+    check_images(x, where=where)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
     if x.numel() and (x.min() < 0 or x.max() > 1):
@@ -168,16 +171,17 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
         Images ``(B, *input_shape)`` in [0, 1].
     y : Tensor
         Labels ``(B,)``.
-    eps : float
-        L-inf radius in pixel units.
+    eps : float or str
+        L-inf radius in pixel units (a string such as ``"8/255"`` is read by
+        :func:`parse_eps`).
 
     Returns
     -------
     Tensor
         Adversarial images (detached), within ``eps`` of ``x`` and in [0, 1].
     """
-    eps = float(eps)
-    _check_inputs(x, y, eps)
+    eps = parse_eps(eps)
+    _check_inputs(x, y, eps, "fgsm")
     _check_attack_memory(model, x, x.shape[0])
     with eval_mode(model):
         grad = _loss_gradient(model, x, y)
@@ -214,8 +218,8 @@ def pgd(
         Classifier of images in [0, 1].
     x, y : Tensor
         Images in [0, 1] and labels.
-    eps : float
-        L-inf radius in pixel units.
+    eps : float or str
+        L-inf radius in pixel units (or a string such as ``"8/255"``).
     steps : int
         Number of gradient steps.
     step_size : float, optional
@@ -231,8 +235,8 @@ def pgd(
     Tensor
         Adversarial images (detached).
     """
-    eps = float(eps)
-    _check_inputs(x, y, eps)
+    eps = parse_eps(eps)
+    _check_inputs(x, y, eps, "pgd")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
@@ -268,9 +272,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def _batches(
-    data: Data, batch_size: int, device: torch.device
+    data: Data, batch_size: int, device: torch.device, where: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(x, y)`` batches on ``device`` from a DataLoader, a Dataset or a pair of tensors."""
+    """``(x, y)`` batches on ``device`` from a DataLoader, a Dataset or a pair of tensors,
+    each checked by the input rule (:func:`deepframe._inputs.check_images`, naming
+    ``where``) before the model sees it."""
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x_all, y_all = data
         if x_all.shape[0] != y_all.shape[0]:
@@ -281,7 +287,7 @@ def _batches(
     else:
         chunks = data
     for x, y in chunks:
-        yield x.to(device), y.to(device)
+        yield check_images(x, where=where).to(device), y.to(device)
 
 
 @dataclass(frozen=True)
@@ -409,7 +415,7 @@ def evaluate(
     if any(robust):  # an attack to run (eps = 0 reuses the clean logits)
         _check_attack_memory(model, data, batch_size)
     with eval_mode(model):
-        for x, y in _batches(data, batch_size, device):
+        for x, y in _batches(data, batch_size, device, "evaluate"):
             with torch.no_grad():
                 logits = model(x)
             if loss:
@@ -681,7 +687,7 @@ def audit(
     with contextlib.ExitStack() as stack:
         for context in contexts:
             stack.enter_context(context)
-        for x, y in _batches(data, batch_size, device):
+        for x, y in _batches(data, batch_size, device, "audit"):
             with torch.no_grad():
                 logits = model(x)
             num_classes = logits.shape[1]

@@ -89,6 +89,11 @@ def _one_line(message: str) -> None:
         ({"dtype": 3}, "the stored dtype 3 is not one of"),
         ({"dtype": "float32x" * 40}, "the stored dtype 'float32xfloat32x"),
         ({"unknown": 1}, "name 'unknown', which this deepframe's compile does not take"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"seed": "0"}, "seed must be an integer >= 0, got '0'"),
+        ({"mean": [0.5, float("nan")]}, "mean must be finite"),
+        ({"std": [0.0]}, "std must be > 0 (the input is divided by it)"),
+        ({"std": "wide"}, "std must be a number or a sequence of numbers"),
     ],
 )
 def test_load_model_validates_every_stored_option(tmp_path, changes, fragment):

@@ -39,7 +39,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "deepframe"
 #: The layers, lowest first: (what the layer is, its members). A member is a module or a
 #: package of ``deepframe`` (``"geometry"`` is ``deepframe/geometry/`` and all it holds).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("private utilities (files, devices) and the version", ("", "_io", "_device")),
+    ("private utilities (files, devices) and the version", ("", "_io", "_device", "_inputs")),
     ("the operators of the edge kinds and their registry", ("ops",)),
     ("architecture graphs", ("graph",)),
     ("the residual terms of a graph", ("terms",)),

@@ -150,9 +150,21 @@ def _build(
 ) -> PursuitNet:
     """:func:`compile` with its options given as one validated :class:`CompileOptions`."""
     g = structure(validate(graph))  # built once, handed down to the solver
-    from ..memory import check_memory  # refuses before allocating (MemoryBudgetError)
+    channels = g.input_shape[0]
+    for name in ("mean", "std"):
+        value = getattr(options, name)
+        count = None if value is None else torch.as_tensor(value).numel()
+        if count not in (None, 1, channels):
+            raise ValueError(
+                f"compile: {name} has {count} values for an input of {channels} channels "
+                f"(shape {g.input_shape}): give one per channel, or one for all"
+            )
+    from ..memory import Unroll, check_memory  # refuses before allocating (MemoryBudgetError)
 
-    check_memory(g, "pursuit" if options.iterates else "weights", dtype=options.dtype)
+    unroll = Unroll.from_options(options)
+    check_memory(
+        g, "pursuit" if options.iterates else "weights", dtype=options.dtype, unroll=unroll
+    )
     if options.method == "feedforward":
         options = replace(options, iterations=0)
     imported = None

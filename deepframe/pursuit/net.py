@@ -9,7 +9,6 @@ batch norm into the problem) and hands it to the method's solver in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import networkx as nx
@@ -17,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._inputs import check_images
 from ..dictionary import GlobalDictionary
+from ..memory import segment_length
 from ..solvers import SOLVERS, Problem, SolverOptions, Trace, fista_alphas
 from ..solvers import conv_groups as _conv_groups
 from ..terms import Term, structure
@@ -169,7 +170,12 @@ class PursuitNet(LipschitzBounds, nn.Module):
     def encode(self, x: torch.Tensor, trace: bool = False):
         """Codes ``{node: (B, *shape)}`` after the pursuit; with ``trace=True`` also a
         :class:`Trace`.
+
+        ``x`` follows the input rule of :mod:`deepframe._inputs`: floating point
+        (cast to the module's dtype) of shape ``(B, *input_shape)``; its values are
+        not read (no host synchronisation).
         """
+        x = check_images(x, where="PursuitNet", dtype=self.input_mean.dtype, values=False)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"expected input of shape (B, {self.input_shape}), got {tuple(x.shape)}"
@@ -309,6 +315,7 @@ class PursuitNet(LipschitzBounds, nn.Module):
         :meth:`unfolded_dictionary`'s problem (batch norm not folded); ``x`` is
         the raw input (normalised here).
         """
+        x = check_images(x, where="PursuitNet.gradient", dtype=self.input_mean.dtype, values=False)
         problem = self._problem(self.normalize(x))
         synth = [t.op.adjoint(codes[t.synth]) for t in problem.terms]
         return {j: problem.gradient(j, codes, codes[j], synth, synth) for j in self.nodes}
@@ -321,10 +328,7 @@ class PursuitNet(LipschitzBounds, nn.Module):
         per node and sweep (residuals, gradients, new codes), so the peak is about
         ``(T / k + 3 k)`` codes per node, least near ``k = sqrt(T / 3)``.
         """
-        k = self.checkpoint_sweeps
-        if k is True:
-            return max(1, round(math.sqrt(self.iterations / 3)))
-        return int(k)
+        return segment_length(self.iterations, self.checkpoint_sweeps)
 
     def extra_repr(self) -> str:
         return (

@@ -111,6 +111,10 @@ class CompileOptions:
                 f"compile: unknown negative_bias {self.negative_bias!r}; "
                 f"expected one of {NEGATIVE_BIAS}"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"compile: seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("mean", "std"):
+            _check_normalisation(name, getattr(self, name))
         self._check_types()
 
     def _check_types(self) -> None:
@@ -144,3 +148,23 @@ class CompileOptions:
     def iterates(self) -> bool:
         """Whether the solver iterates (a pursuit with ``T > 0``, not the feed-forward pass)."""
         return self.method != "feedforward" and self.iterations > 0
+
+
+def _check_normalisation(name: str, value) -> None:
+    """``mean`` / ``std``: ``None``, or finite numbers (one per input channel, or one for
+    all); ``std`` strictly positive, since it divides the input."""
+    if value is None:
+        return
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dim() > 1 or t.numel() == 0:
+        raise ValueError(
+            f"compile: {name} must be a number or a sequence of numbers (one per input "
+            f"channel), got {value!r}"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"compile: {name} must be finite, got {value!r}")
+    if name == "std" and bool((t <= 0).any()):
+        raise ValueError(f"compile: std must be > 0 (the input is divided by it), got {value!r}")
