@@ -379,6 +379,25 @@ CASES = [
         "afile is a file",
     ),  # fmt: skip
     ("reproduce bad seeds", ["reproduce", "--seeds", "0,x"], 2, "--seeds"),
+    # ---- contradictions between options, the data and the checkpoint
+    (
+        "train input shape against the data",
+        ["train", "chain:input_shape=64", "--out", "new"],
+        2,
+        "input_shape=64",
+    ),
+    (
+        "attack another data set",
+        ["attack", "run/checkpoint.pt", "--dataset", "synthetic", "--out", "new.json"],
+        2,
+        "trained on digits",
+    ),
+    (
+        "reproduce only matches nothing",
+        ["reproduce", "--profile", "test", "--only", "ff-*,zzz", "--out", "new"],
+        2,
+        "--only 'zzz' matches none",
+    ),
     # ---- resume and rerun
     ("resume other method", ["train", ARCH, "--out", "run"], 2, "iterations: 0 -> 3"),
     (

@@ -54,6 +54,12 @@ def _split_seed(state: dict, default: int) -> int:
 def _dataset(args, checkpoint: Path, state: dict) -> str:
     """``--dataset``, else the data set the checkpoint records; one of :data:`DATASET_EPS`."""
     stored = (state.get("metadata") or {}).get("dataset")
+    if args.dataset and stored and args.dataset != stored:
+        raise CommandError(
+            f"--dataset {args.dataset}: {checkpoint} was trained on {stored}; attacking it on "
+            "other data measures nothing: drop --dataset (it is for checkpoints that do not "
+            "record their data set)"
+        )
     dataset = args.dataset or stored
     if dataset is None:
         raise CommandError(f"{checkpoint} does not record its dataset: pass --dataset")

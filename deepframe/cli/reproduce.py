@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from .arguments import _integer, _seed_list
-from .errors import EXIT_OK
+from .errors import EXIT_OK, CommandError
 from .options import add_command
 from .outputs import (
     REPRODUCE_MARKERS,
@@ -29,11 +29,29 @@ def reproduce_command(args) -> int:
     """The seed paper's Figs. 5-10 and claims end to end: train, attack, measure, report."""
     out = Path(args.out)
     _check_output_folder(out, "--out", (), REPRODUCE_MARKERS, "a reproduction")
+    if args.only and not args.merge:
+        _check_only(args)
     for folder in args.merge or ():
         if not _same_file(Path(folder), out):  # merge() refuses merging a folder into itself
             _check_not_being_written(Path(folder), f"--merge {folder}")
     with _run_lock(args, out, "--out"):
         return _reproduce(args)
+
+
+def _check_only(args) -> None:
+    """Refuse an ``--only`` pattern that matches none of the profile's models (a typo)."""
+    import fnmatch
+
+    from ..experiments.profiles import PROFILES, model_specs
+
+    names = [spec.name for spec in model_specs(PROFILES[args.profile], args.seeds)]
+    for pattern in (p.strip() for p in args.only.split(",")):
+        if pattern and not fnmatch.filter(names, pattern):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise CommandError(
+                f"--only {pattern!r} matches none of the {len(names)} models of the profile "
+                f"{args.profile!r} ({shown}): nothing would be trained"
+            )
 
 
 def _reproduce(args) -> int:

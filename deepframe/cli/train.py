@@ -42,6 +42,19 @@ def _iterations(args) -> tuple[int, str]:
     return args.iterations, f"T={args.iterations}{note}"
 
 
+def _check_input_shape(args, given: tuple, data: tuple) -> None:
+    """The data set decides the input shape; a builder spec that names another is refused
+    (its default, e.g. resnet's 3x32x32, is replaced silently, as documented)."""
+    name, colon, options = args.arch.partition(":")
+    explicit = colon and not Path(args.arch).exists() and "input_shape=" in options
+    if explicit and given != data:
+        raise CommandError(
+            f"{args.arch!r} names input_shape={'x'.join(map(str, given))}, but --dataset "
+            f"{args.dataset} has {'x'.join(map(str, data))} inputs: drop input_shape (train "
+            "takes it from the data set) or choose another --dataset"
+        )
+
+
 def _resume(args, out: Path, metadata: dict, settings: dict):
     """The state to resume from (``None``: start), or a CommandError naming what differs."""
     from ..checkpoints import CHECKPOINT_NAME
@@ -99,6 +112,7 @@ def _train(args, out: Path, iterations: int, t_text: str) -> int:
     device = _device(args)
     info = DATASETS[args.dataset]
     g = _graph(args.arch)
+    _check_input_shape(args, tuple(g.nodes[input_node(g)]["shape"]), tuple(info.input_shape))
     g.nodes[input_node(g)]["shape"] = tuple(info.input_shape)
     g = validate(g)
     solver = "pursuit" if args.method != "feedforward" and iterations else "weights"
