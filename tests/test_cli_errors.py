@@ -379,6 +379,17 @@ CASES = [
         "afile is a file",
     ),  # fmt: skip
     ("reproduce bad seeds", ["reproduce", "--seeds", "0,x"], 2, "--seeds"),
+    # ---- inputs that are not files: reading them would block or never end
+    ("arch is a fifo", ["describe", "./fifo"], 2, "ARCH ./fifo is a FIFO"),
+    ("arch is a device", ["metrics", "./chardev"], 2, "ARCH ./chardev is a"),
+    ("checkpoint is a fifo", ["attack", "fifo"], 2, "CHECKPOINT fifo is a FIFO"),
+    ("checkpoint is a socket", ["metrics", "--checkpoint", "sock"], 2, "--checkpoint sock is a"),
+    (
+        "weights are a fifo",
+        ["metrics", "--from-torch", "m:f", "--weights", "fifo", "--input-shape", "1x8x8"],
+        2,
+        "--weights fifo is a FIFO",
+    ),
     # ---- contradictions between options, the data and the checkpoint
     (
         "train input shape against the data",

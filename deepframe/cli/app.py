@@ -28,6 +28,7 @@ from .errors import (
     _message,
 )
 from .options import DEBUG_HELP, _Formatter, _Parser
+from .outputs import _check_inputs
 from .runtime import _say
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["deepframe", *words])  # as a run's lock records it
     try:
         with _stop_signals_interrupt(), _memory_budget(args):
+            _check_inputs(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:

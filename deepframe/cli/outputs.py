@@ -270,3 +270,32 @@ def _check_not_being_written(folder: Path, what: str) -> None:
             f"{what} is being written by {_describe_holder(holder)}: run this when that "
             "command has ended"
         )
+
+
+#: The options whose value names a file the command reads, by their ``args`` attribute.
+_INPUT_FILES = {
+    "arch": "ARCH",
+    "checkpoint": "CHECKPOINT",
+    "weights": "--weights",
+}
+
+
+def _check_inputs(args) -> None:
+    """Refuse an input file that is a FIFO, a device or a socket, before any work: reading
+    one would block forever or never end (a FIFO, ``/dev/zero``)."""
+    for attribute, option in _INPUT_FILES.items():
+        value = getattr(args, attribute, None)
+        if not isinstance(value, str) or not value:
+            continue
+        if attribute == "checkpoint" and getattr(args, "command", "") == "metrics":
+            option = "--checkpoint"
+        kind = _kind(Path(value))
+        if kind is not None and kind != "a folder" and not kind.startswith("a broken"):
+            raise CommandError(f"{option} {value} is {kind}, not a file: give a file")
+    source = getattr(args, "from_torch", None)
+    if isinstance(source, str) and ":" in source:
+        module = source.rsplit(":", 1)[0]
+        if module.endswith(".py"):
+            kind = _kind(Path(module))
+            if kind is not None and kind != "a folder" and not kind.startswith("a broken"):
+                raise CommandError(f"--from-torch {module} is {kind}, not a file: give a file")
