@@ -172,6 +172,10 @@ def test_reproduce_and_merge_are_refused_while_a_folder_is_written(tmp_path, mon
         assert main(["reproduce", "--profile", "test", "--merge", "A", "--out", "B"]) == 2
         line = _error_line(capsys.readouterr().err, "reproduce")
         assert f"--merge A is being written by pid {os.getpid()}" in line
+        # a writer into a folder inside A (a model of the reproduction) is refused too
+        assert main([*LONG, "--epochs", "1", "--out", "A/models/x/train"]) == 2
+        line = _error_line(capsys.readouterr().err, "train")
+        assert f"lies inside {tmp_path / 'A'}, which is in use by pid {os.getpid()}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A"]  # nothing written
     assert [p.name for p in (tmp_path / "A").iterdir()] == ["models"]
 

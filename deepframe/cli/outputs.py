@@ -229,15 +229,23 @@ def _rank0() -> bool:
 def _run_lock(args, folder: Path, option: str) -> Iterator[None]:
     """Hold the lock of the run folder ``folder`` (``--out``) while the command writes it.
 
-    A folder another process holds is refused in one line naming that process;
-    a lock left by a killed process is taken over (a status line says whose).
+    A folder another process holds, or one inside a folder another process holds
+    (a model folder of a running reproduction), is refused in one line naming that
+    process; a lock left by a killed process is taken over (a status line says whose).
     Under ``torchrun`` only rank 0 (the writer) locks.
     """
-    from .._io import FolderInUseError, folder_lock
+    from .._io import LOCK_NAME, FolderInUseError, _describe_holder, folder_lock, folder_lock_holder
 
     if not _rank0():
         yield
         return
+    for parent in Path(os.path.abspath(folder)).parents:  # inside a folder being written
+        holder = folder_lock_holder(parent) if (parent / LOCK_NAME).exists() else None
+        if holder is not None:
+            raise CommandError(
+                f"{option} {folder} lies inside {parent}, which is in use by "
+                f"{_describe_holder(holder)}: wait for it to end, or use another {option}"
+            )
     with contextlib.ExitStack() as stack:
         try:
             lock = stack.enter_context(folder_lock(folder, args.command_line))
