@@ -250,6 +250,23 @@ def test_stop_signals_are_interrupts_in_process(monkeypatch, capsys, stop):
     assert signal.getsignal(stop) == before  # restored after the command
 
 
+def test_an_ignored_hangup_stays_ignored(monkeypatch):
+    """Under ``nohup`` (SIGHUP ignored) a hangup does not stop a command."""
+    import deepframe.cli.describe as cli
+
+    def hung_up(args):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return 0
+
+    monkeypatch.setattr(cli, "describe", hung_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["describe", "chain"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.mark.parametrize(
     "method",
     [

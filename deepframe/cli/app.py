@@ -138,12 +138,18 @@ def _stop_signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does, for the command's duration.
 
     Without this they would end the process at once: no ``finally`` would run (the
-    run's lock, a temporary file), and no "interrupted" line would be printed.
+    run's lock, a temporary file), and no "interrupted" line would be printed. A signal
+    the process was started with ignored (``nohup``: SIGHUP) stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _interrupt) for s in _STOP_SIGNALS}
+    # a signal ignored by whoever started us stays ignored (``nohup`` ignores SIGHUP)
+    previous = {
+        s: signal.signal(s, _interrupt)
+        for s in _STOP_SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

@@ -1,8 +1,11 @@
 """``deepframe attack``: accuracy of a trained checkpoint under FGSM or PGD for each eps.
 
 The result is also written as JSON (``--out``, by default beside the
-checkpoint); an existing file is never replaced without ``--force``, and
-never the checkpoint. The attacks are :mod:`deepframe.attacks`'.
+checkpoint), whose folder is locked while the command runs; a rerun replaces
+its own earlier result (the same checkpoint's), any other existing file only
+with ``--force``, and never the checkpoint or a run's files. The validation
+split is the one the model was trained with. The attacks are
+:mod:`deepframe.attacks`'.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Trains, attacks and measures the models of a profile, then writes the report
 (docs/results.md); a run folder is resumable, can be split into shards and
-merged. The pipeline is :mod:`deepframe.experiments`'.
+merged; ``--out`` is locked while the command runs. The pipeline is
+:mod:`deepframe.experiments`'.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Rerunning the same command resumes after the last finished epoch; a finished
 run says so and trains nothing; other settings are refused (``--restart``
-starts over). The loop itself is :func:`deepframe.train.train`.
+starts over). ``--out`` is locked while the command runs (a second writer is
+refused, :func:`.outputs._run_lock`); a diverging run ends in one line naming
+the epoch and what to lower. The loop itself is :func:`deepframe.train.train`.
 """
 
 from __future__ import annotations
