@@ -39,6 +39,7 @@ __all__ = [
     "parse_eps",
     "parse_eps_list",
     "pgd",
+    "pgd_step_size",
     "robust_accuracy",
 ]
 
@@ -188,6 +189,12 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     return (x.detach() + eps * grad.sign()).clamp(0.0, 1.0)
 
 
+def pgd_step_size(eps: float, steps: int) -> float:
+    """PGD's default step ``eta = 2.5 eps / steps`` (Madry et al. 2018): the ball's
+    radius crossed 2.5 times over the steps."""
+    return 2.5 * float(eps) / int(steps)
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -239,7 +246,7 @@ def pgd(
     _check_inputs(x, y, eps, "pgd")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    step_size = pgd_step_size(eps, steps) if step_size is None else float(step_size)
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
     _check_attack_memory(model, x, x.shape[0])

@@ -124,7 +124,7 @@ def _attack(args, checkpoint: Path, out: Path, rerun: bool) -> int:
     from tqdm.auto import tqdm
 
     from .._io import write_json
-    from ..attacks import evaluate, parse_eps_list
+    from ..attacks import evaluate, parse_eps_list, pgd_step_size
     from ..checkpoints import load_checkpoint, load_model
     from ..data import load_dataset
 
@@ -158,7 +158,7 @@ def _attack(args, checkpoint: Path, out: Path, rerun: bool) -> int:
         "attack": args.attack,
         "steps": steps if pgd else None,
         # pgd's default step size, 2.5 eps / steps (deepframe.attacks.pgd), per eps
-        "step_size": {f"{e:.6g}": 2.5 * e / steps for e in eps} if pgd else None,
+        "step_size": {f"{e:.6g}": pgd_step_size(e, steps) for e in eps} if pgd else None,
         "random_start": True if pgd else None,
         "seed": args.seed,
         "split_seed": split,

@@ -71,6 +71,18 @@ def _reproduce(args) -> int:
             jobs=args.jobs,
             progress=not args.quiet,
         )
+        merged = summary["merged"]
+        for folder, names in merged["folders"].items():
+            skipped = merged["unfinished"].get(folder, [])
+            extra = f" ({len(skipped)} unfinished there, not merged)" if skipped else ""
+            print(f"  {folder}: {len(names)} models{extra}")
+        if merged["identical"]:
+            print(
+                f"  {len(merged['identical'])} models were in several folders with identical "
+                "results (taken from the first)"
+            )
+        if merged["kept"]:
+            print(f"  {len(merged['kept'])} models already in {args.out}, left as they were")
         print(f"merged {len(summary['models'])} models; report: {args.out}/report.md")
         return EXIT_OK
     result = reproduce(

@@ -27,10 +27,13 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 def append_log(path: Path, record: dict) -> None:
     """Append ``record`` to the log at ``path`` as one JSON line, flushed to disk."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # a full disk: the message names the log, not a descriptor
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def save_epoch(history: list[dict], run: Run) -> None:
