@@ -450,7 +450,7 @@ def geometry_predicts_robustness(results: Results) -> dict:
     Evidence: minus Spearman's rank correlation of each measure with the
     robust accuracy over every model without adversarial training, under
     FGSM and under PGD; the quantity says when most models share one
-    accuracy (Fisher's z assumes few ties).
+    accuracy (the correlation then rests on the others).
 
     Parameters
     ----------

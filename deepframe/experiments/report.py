@@ -135,7 +135,10 @@ def write_report(summary: dict, out: Path) -> str:
             f"{first['eval_images']} images (one seed): Wilson's interval of each accuracy, "
             "combined by MOVER (Zou & Donner 2008; for a difference, Newcombe's method 10)"
         )
-        + "; for rank correlations Fisher's z (Bonett-Wright). Supported: every interval "
+        + "; for Spearman's rank correlations the interval that inverts its law under a "
+        "Gaussian copula (exact at small n, never a point at |r| = 1; 0 lies outside it "
+        "exactly when the permutation test rejects; its p-value is in results.json). "
+        "Supported: every interval "
         "above 0; contradicted: some interval below 0; otherwise inconclusive at this scale.",
         "",
         *claims_markdown(summary["claims"]),
