@@ -172,3 +172,30 @@ def test_too_few_pairs_and_unequal_lengths():
     assert iv.low is None and "n = 2" in iv.method
     with pytest.raises(ValueError, match="differ in length"):
         spearman([1, 2, 3], [1, 2])
+
+
+@pytest.mark.parametrize("profile", ["quick", "cifar-small"])
+def test_committed_claims_are_what_the_library_computes(profile, tmp_path):
+    """analysis/rejudge.py on a copy of a committed run gives back its claims and figures."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    committed = root / "docs" / "results" / profile / "results.json"
+    shutil.copy(committed, tmp_path / "results.json")
+    subprocess.run(
+        [sys.executable, str(root / "analysis" / "rejudge.py"), str(tmp_path)],
+        check=True,
+        env={**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(root)},
+        capture_output=True,
+    )
+    old, new = (
+        json.loads(committed.read_text()),
+        json.loads((tmp_path / "results.json").read_text()),
+    )
+    assert new["claims"] == old["claims"]
+    assert new["figures"] == old["figures"]
