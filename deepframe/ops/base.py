@@ -507,6 +507,19 @@ class Operator(ABC):
             "operator kind; implement sqnorm_bound() in the subclass"
         )
 
+    def change_norm_bound(self, delta: torch.Tensor) -> torch.Tensor | None:
+        """A cheap provable upper bound on ``||A(W + delta) - A(W)||_2 = ||A(delta)||_2``.
+
+        The learned kinds are linear in their weight, so the change of the
+        operator is the operator of the weight change ``delta`` (same shape as
+        ``weight``). The pursuit bounds ``||A(W)|| <= ||A(W_0)|| + ||A(W - W_0)||``
+        between exact recomputations with it (docs/solvers.md, "Cost"). A
+        detached 0-dim float64 tensor, without the rounding margin (the caller
+        adds it); ``None`` for a kind that states none (parameter-free kinds:
+        their norm never changes).
+        """
+        return None
+
     def todense(self) -> torch.Tensor:
         """The matrix of :meth:`forward`, shape ``(out_size, in_size)``, by probing.
 

@@ -372,6 +372,33 @@ class Conv(Operator):
             self.weight, self.in_shape[1:], self.stride, self.padding, scale=scale
         )
 
+    def change_norm_bound(self, delta):
+        """``sum_b ||K_b||_F >= ||A(delta)||_2``: the polyphase tap-sum bound.
+
+        Split the kernel taps ``(a_h, a_w)`` into coarse taps ``b`` and phases
+        ``phi`` (``a = s b + phi`` per axis, ``ceil(k / s)^2`` coarse taps) and
+        let ``K_b`` be the ``C_out x C_in s^2`` matrix ``K_b[o, (i, phi)] =
+        delta[o, i, s b + phi]``. Then ``A(delta) = sum_b A_b``, where ``A_b``
+        keeps the taps of coarse tap ``b``: output position ``o`` reads input
+        ``s (o + b) + phi - p`` through phase ``phi``, and these positions are
+        distinct for distinct ``(o, phi)`` (``phi < s``), or fall into the
+        zero padding. So ``A_b = (K_b (x) I) Q_b`` with ``Q_b`` a partial
+        permutation of the input entries into ``C_in s^2`` channels times the
+        output grid (norm <= 1), and ``||A_b|| <= ||K_b||_2 <= ||K_b||_F``; the
+        triangle inequality sums them. With a stride this is tighter than the
+        per-tap bound ``sum_a ||delta[:, :, a]||_2 <= sqrt(k^2) ||delta||_F``
+        (the phases of one coarse tap share one matrix:
+        ``||[M_1, ..., M_r]||_2 <= sqrt(sum ||M_phi||^2) <= sum ||M_phi||``), and
+        for ``s = 1`` it is ``sum_a ||delta[:, :, a]||_F <= k ||delta||_F``.
+        Frobenius instead of spectral norms: no SVD, one reduction (float64).
+        """
+        k = delta.detach().to(torch.float64)
+        s = self.stride
+        c_out, c_in, kh, kw = k.shape
+        bh, bw = -(-kh // s), -(-kw // s)
+        k = F.pad(k, (0, bw * s - kw, 0, bh * s - kh)).reshape(c_out, c_in, bh, s, bw, s)
+        return torch.linalg.vector_norm(k, dim=(0, 1, 3, 5)).sum()
+
     def adjoint(self, y):
         return F.conv_transpose2d(
             y,

@@ -94,6 +94,10 @@ class Dense(Operator):
         top = torch.linalg.matrix_norm(_scaled_kernel(self.weight, scale), ord=2)
         return top.square() * (1.0 + ROUNDING_MARGIN)
 
+    def change_norm_bound(self, delta):
+        """``||delta||_F >= ||delta||_2`` (float64)."""
+        return torch.linalg.vector_norm(delta.detach().to(torch.float64))
+
     def todense(self):
         return self.weight.detach()
 

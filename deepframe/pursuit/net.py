@@ -29,6 +29,11 @@ from .parameters import _BN_EPS, _BN_MOMENTUM, _drop_power_buffers, register_par
 __all__ = ["PursuitNet"]
 
 
+def _forget_lipschitz_references(module, incompatible_keys) -> None:
+    """``load_state_dict``'s post hook: loaded weights recompute their training bounds."""
+    module._forget_references()
+
+
 class PursuitNet(LipschitzBounds, nn.Module):
     """A pursuit solver over an architecture graph followed by a linear classifier.
 
@@ -92,6 +97,8 @@ class PursuitNet(LipschitzBounds, nn.Module):
         self._exact = None  # {(term, target or None): ||A||^2}, see refresh_lipschitz(exact=True)
         self._lipschitz_cache = None  # (key, {node: (L_j, L_local_j)}) of eval-mode forwards
         self._register_load_state_dict_pre_hook(_drop_power_buffers)
+        # loaded weights: the training bounds' references are recomputed (LipschitzBounds)
+        self.register_load_state_dict_post_hook(_forget_lipschitz_references)
         # The Jacobi sweep applies same-shaped convolutions as one grouped call.
         self._conv_groups = _conv_groups(self._specs)
 
@@ -198,6 +205,9 @@ class PursuitNet(LipschitzBounds, nn.Module):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_compiled_solve", None)  # rebuilt on first use (not picklable)
+        # the training bounds' references and pending flags: a copy recomputes its own
+        state.pop("_lipschitz_references", None)
+        state.pop("_lipschitz_pending", None)
         return state
 
     def _solve(self, x: torch.Tensor, trace: bool = False):
@@ -253,7 +263,10 @@ class PursuitNet(LipschitzBounds, nn.Module):
         ``lambda_j + s_j mu_j`` and its effective lambda ``max(lambda_j + s_j
         mu_j, 0)``. When the pursuit iterates, ``L_j`` and ``L_local_j`` are
         bounded on the scaled blocks (:meth:`_node_lipschitz`, detached; kept
-        in eval mode until a weight or running statistic changes).
+        in eval mode until a weight or running statistic changes; in training
+        from reference bounds plus a perturbation bound, recomputed exactly
+        when their slack passes ``lipschitz_tolerance`` or every
+        ``lipschitz_every`` forwards, see :class:`~.lipschitz.LipschitzBounds`).
 
         ``complete=False`` returns the same codes without completing the
         problem: nothing reads it after a feed-forward pass that is neither
@@ -270,6 +283,9 @@ class PursuitNet(LipschitzBounds, nn.Module):
         cached = None
         if use_cache and self._lipschitz_cache is not None and self._lipschitz_cache[0] == key:
             cached = self._lipschitz_cache[1]
+        bounds = complete and cached is None and self.iterations > 0
+        if bounds:
+            self._begin_bounds()
         codes = {}
         for j in self.nodes:
             a = problem.preactivation(j, codes)
@@ -301,6 +317,8 @@ class PursuitNet(LipschitzBounds, nn.Module):
                 problem.lipschitz[j], problem.local_lipschitz[j] = self._node_lipschitz(
                     problem.terms, j, None, a.dtype
                 )
+        if bounds:
+            self._end_bounds()
         if use_cache and cached is None:
             self._lipschitz_cache = (
                 key,
