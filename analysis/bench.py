@@ -10,7 +10,7 @@ docs/performance.md are evaluated from the measured figures and printed.
 Random inputs, no data needed.
 
 Sections (``--section``, repeatable; default all, in the order memory, geometry,
-options, solvers, batchnorm; ``--graph``, ``--batch``, ``--iterations`` restrict the solvers
+options, solvers, batchnorm, bounds; ``--graph``, ``--batch``, ``--iterations`` restrict the solvers
 grid, ``--iterations`` the memory section's T too):
 
 ``solvers``
@@ -61,6 +61,22 @@ grid, ``--iterations`` the memory section's T too):
     with ``F.batch_norm`` (same weights), ResNet-8 and ResNet-20 (quick:
     ResNet-8) at stage widths 12/24/48 and 16/32/64, batch 128.
 
+``bounds``
+    What the step sizes ``L_j`` cost in training, where the weights change at
+    every step: ``--steps`` (default 20) real training steps (SGD, lr 0.1 or
+    ``--lr``, momentum 0.9, weight decay 5e-4, as ``deepframe.train``'s defaults;
+    from the compiled initial weights, on one random batch) of DP,
+    DP-res and L-BP at T in {1, 5}, batch 32, ResNet-8 and ResNet-20 (quick:
+    ResNet-8, DP, T = 5), three ways, interleaved in one process, each training
+    its own copy of the same weights: *exact* (``lipschitz_tolerance = 0``: the
+    exact bound of every operator at every step, as before issue 23),
+    *default* (reference bounds plus the perturbation bound, recomputed when the
+    slack passes the tolerance or every ``lipschitz_every`` steps) and the
+    *floor* (the hand-written solver with step sizes fixed once: no bound at
+    all). Reported per step: seconds, the bounds' own seconds
+    (``_node_lipschitz``, timed inside the step) and their share of the step,
+    ``x floor``, and the exact recomputations per operator and step.
+
 ``--quick``: ResNet-8, batch 32, T in {0, 1, 5}, the small geometry cases, two
 repeats (a few minutes on 2 CPU cores).
 
@@ -96,7 +112,7 @@ if HERE not in sys.path:
 
 import deepframe as df  # noqa: E402
 
-SECTIONS = ("memory", "geometry", "options", "solvers", "batchnorm")
+SECTIONS = ("memory", "geometry", "options", "solvers", "batchnorm", "bounds")
 METHODS = {  # label: (skip edges, compile method)
     "DP": (False, "deep"),
     "DP-res": (True, "deep"),
@@ -248,8 +264,9 @@ class Floor(nn.Module):
     alpha = 0, no batch norm.
     """
 
-    def __init__(self, net: df.PursuitNet):
+    def __init__(self, net: df.PursuitNet, lipschitz: dict | None = None):
         super().__init__()
+        self.fixed_lipschitz = lipschitz  # step sizes fixed once (no bound per step)
         if net.method not in ("deep", "layered", "feedforward") or any(net.alphas):
             raise ValueError("the floor is written for alpha = 0 deep / layered pursuit")
         if len(net.bn_scale):
@@ -271,7 +288,7 @@ class Floor(nn.Module):
                 a = a + _analysis(h[k], weights.get(key), e, self.shape[j])
             h[j] = F.relu(a - lam[j])
         if net.iterations and net.method == "deep":
-            lip = net.lipschitz()
+            lip = self.fixed_lipschitz or net.lipschitz()
             step = {j: 1.0 / (beta[j] * lip[j]) for j in net.nodes}
             for _ in range(net.iterations):
                 synth = {
@@ -289,7 +306,7 @@ class Floor(nn.Module):
                         grad = grad + (h[j] - synth[f"{j}->{m}"])
                     h[j] = F.relu(h[j] - step[j] * (grad + lam[j]))
         elif net.iterations and net.method == "layered":
-            local = net.lipschitz()  # layered: the bound of the node's own terms
+            local = self.fixed_lipschitz or net.lipschitz()  # layered: the node's own terms
             h = {net.input: h[net.input]}
             for j in net.nodes:
                 a = 0
@@ -483,6 +500,133 @@ def bench_batchnorm(args, out: list) -> None:
                     f"{row['seconds']:8.4f} {row['plain_s']:8.4f} {row['x_plain']:8.3f}",
                     flush=True,
                 )
+
+
+class _BoundClock:
+    """Seconds a net spends in its step-size bounds (``_node_lipschitz``), summed."""
+
+    def __init__(self, net: df.PursuitNet, device: str):
+        self.seconds, original = 0.0, net._node_lipschitz
+
+        def timed(*args):
+            _sync(device)
+            start = CLOCK()
+            out = original(*args)
+            _sync(device)
+            self.seconds += CLOCK() - start
+            return out
+
+        net._node_lipschitz = timed
+
+
+def _training_steps(model, opt, x, y, steps: int, counter=None) -> None:
+    """``steps`` optimizer steps; ``counter`` (a net, a list) counts exact recomputations."""
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if counter is not None:
+            net, seen = counter
+            fresh = [r for r in net._references().values() if r.steps == 1]
+            seen.append(len(fresh))
+
+
+def _sgd(model, lr: float = 0.1):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def bench_bounds(args, out: list) -> None:
+    """The step-size bounds' share of a training step whose weights change."""
+    import copy
+
+    archs = args.graph or (["ResNet-8"] if args.quick else list(ARCHS))
+    batches = args.batch or [32]
+    iterations = args.iterations or ([5] if args.quick else [1, 5])
+    methods = ["DP"] if args.quick else list(METHODS)
+    steps, lr = args.steps, args.lr
+    name = device_name(args.device)
+    print(f"\n## bounds: {steps} SGD training steps per call, lr {lr}, {name}")
+    print(
+        f"{'graph':<10} {'batch':>5} {'method':<7} {'T':>3} {'variant':<8} {'s/step':>8} "
+        f"{'bound ms':>9} {'share':>7} {'x floor':>8} {'exact/op/step':>14}"
+    )
+    for arch in archs:
+        for batch in batches:
+            x, y = _data(batch, args.device)
+            for label in methods:
+                skips, method = METHODS[label]
+                for t in iterations:
+                    base = df.compile(
+                        _graph(arch, skips), method=method, iterations=t, device=args.device
+                    )
+                    nets = {"exact": copy.deepcopy(base), "default": copy.deepcopy(base)}
+                    nets["exact"].lipschitz_tolerance = 0
+                    floor_net = copy.deepcopy(base).eval()
+                    floor = Floor(floor_net, lipschitz=floor_net.lipschitz()).train()
+                    floor_net.train()
+                    clocks = {k: _BoundClock(net, args.device) for k, net in nets.items()}
+                    fresh: list = []
+                    calls = {
+                        "exact": partial(
+                            _training_steps,
+                            nets["exact"].train(),
+                            _sgd(nets["exact"], lr),
+                            x,
+                            y,
+                            steps,
+                        ),
+                        "default": partial(
+                            _training_steps,
+                            nets["default"].train(),
+                            _sgd(nets["default"], lr),
+                            x,
+                            y,
+                            steps,
+                            (nets["default"], fresh),
+                        ),
+                        "floor": partial(_training_steps, floor, _sgd(floor_net, lr), x, y, steps),
+                    }
+                    rounds: dict = {}
+                    times = time_interleaved(calls, args.repeats, args.device, rounds)
+                    total_steps = steps * (args.repeats + 1)
+                    operators = max(len(nets["default"]._references()), 1)
+                    for variant in ("exact", "default"):
+                        bound_s = clocks[variant].seconds / total_steps
+                        step_s = statistics.median(rounds[variant]) / steps
+                        row = {
+                            "section": "bounds",
+                            "device": name,
+                            "graph": arch,
+                            "batch": batch,
+                            "method": label,
+                            "T": t,
+                            "variant": variant,
+                            "steps_per_call": steps,
+                            "optimizer": f"sgd lr {lr} momentum 0.9 weight_decay 5e-4",
+                            "seconds_per_step": times[variant] / steps,
+                            "median_seconds_per_step": step_s,
+                            "bound_s_per_step": bound_s,
+                            "bound_share": bound_s / step_s,
+                            "floor_s_per_step": times["floor"] / steps,
+                            "x_floor": paired_ratio(rounds, variant, "floor"),
+                            "x_floor_best": times[variant] / times["floor"],
+                            "exact_per_operator_step": (
+                                1.0 if variant == "exact" else sum(fresh) / len(fresh) / operators
+                            ),
+                            "lipschitz_tolerance": nets[variant].lipschitz_tolerance,
+                            "lipschitz_every": nets[variant].lipschitz_every,
+                        }
+                        out.append(row)
+                        print(
+                            f"{arch:<10} {batch:>5} {label:<7} {t:>3} {variant:<8} "
+                            f"{row['seconds_per_step']:8.4f} {1000 * bound_s:9.2f} "
+                            f"{100 * row['bound_share']:6.2f}% {row['x_floor']:8.3f} "
+                            f"{row['exact_per_operator_step']:14.3f}",
+                            flush=True,
+                        )
+                    same = paired_ratio(rounds, "default", "exact")
+                    print(f"{'':<31} default / exact step time {same:.3f}", flush=True)
+                    out[-1]["x_exact"] = same
 
 
 def _memory_child(arch: str, t: int, segment: int, batch: int, device: str) -> dict:
@@ -876,6 +1020,12 @@ def main(argv=None) -> int:
         type=int,
         help="memory: also recompute in segments of this many sweeps (repeatable)",
     )
+    parser.add_argument(
+        "--steps", type=int, default=20, help="bounds: training steps per timed call"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=0.1, help="bounds: the SGD learning rate (default 0.1)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--torch-compile", action="store_true", help="add the torch.compile variant (slow to build)"
@@ -929,6 +1079,7 @@ def main(argv=None) -> int:
         "geometry": bench_geometry,
         "options": bench_options,
         "batchnorm": bench_batchnorm,
+        "bounds": bench_bounds,
     }
     for section in args.section or SECTIONS:
         sections[section](args, rows)
