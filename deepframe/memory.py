@@ -600,7 +600,10 @@ def _unroll_advice(
         )
         if not unroll.segment or unroll.segment >= t:
             with_segments = need(segment=segment_length(t, True))
-            ways.append(f"checkpoint_sweeps=True (about {format_bytes(with_segments)})")
+            ways.append(
+                f"checkpoint_sweeps=True (about {format_bytes(with_segments)}; an option "
+                "of deepframe.compile, not yet of the command line)"
+            )
     return detail, "use " + ", ".join(ways)
 
 
