@@ -8,8 +8,9 @@ An architecture is a plain :class:`networkx.DiGraph` (docs/concepts.md):
   channel/feature), ``batchnorm`` (bool) and ``merge`` (``"edge"``, the
   default, or ``"input"`` for the seed paper's node-centric form);
 * **edges** ``k -> j`` with ``op`` in ``conv`` (``kernel_size``, ``stride=1``,
-  ``padding=kernel_size // 2``), ``dense``, ``identity``, ``project``
-  (learned 1x1 conv with ``stride``; dense between dense activations) and
+  ``padding=dilation * (kernel_size // 2)``, ``dilation=1``, each one integer or
+  a per-axis pair ``[height, width]``; ``groups=1``), ``dense``, ``identity``, ``project``
+  (learned 1x1 conv with ``stride`` and ``groups``; dense between dense activations) and
   ``shortcut`` (parameter-free subsample + zero channels, ``stride``,
   ``pad_before`` zero channels in front, default half of the added ones).
 
@@ -18,7 +19,7 @@ and the contributions are summed. Node-centric node ``j`` (``merge="input"``):
 incoming edges (default ``op="identity"``; a parametrised edge names its
 output size with ``channels``/``features`` on the edge) are summed into
 ``z_j`` and the node's own operator (``op``, ``kernel_size``, ``stride``,
-``padding`` as node attributes) analyses it.
+``padding``, ``dilation``, ``groups`` as node attributes) analyses it.
 
 :func:`validate` returns an annotated copy: every node gets ``shape``;
 every edge gets ``in_shape`` and ``out_shape``; node-centric nodes get
@@ -75,6 +76,8 @@ _NODE_KEYS = {
     "kernel_size",
     "stride",
     "padding",
+    "dilation",
+    "groups",
     "input_shape",
     "label",
 }
@@ -83,6 +86,8 @@ _EDGE_KEYS = {
     "kernel_size",
     "stride",
     "padding",
+    "dilation",
+    "groups",
     "pad_before",
     "channels",
     "features",
@@ -163,10 +168,40 @@ def _int_attr(attrs: dict, key: str, where: str, *, default=None, minimum: int =
     return int(value)
 
 
+#: The integer attributes of operators and their least values.
+_INT_ATTRS = (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
+_INT_ATTRS += (("pad_before", 0),)
+#: The attributes an operator on a node (merge="input") reads; elsewhere they belong on edges.
+_NODE_OP_KEYS = {"op", "kernel_size", "stride", "padding", "dilation", "groups"}
+
+
 def _check_int_attrs(attrs: dict, where: str) -> None:
-    """Type-check the integer attributes present, also where the op ignores them."""
-    for key, minimum in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("pad_before", 0)):
-        if key in attrs:
+    """Type-check the integer attributes present, also where the op ignores them.
+
+    Those the op's kind reads per axis (:attr:`deepframe.ops.Operator.pair_attributes`)
+    may be a pair ``[height, width]`` of such integers.
+    """
+    op = attrs.get("op")
+    kind = ops.EDGE_KINDS.get(op) if isinstance(op, str) else None
+    per_axis = kind.pair_attributes if kind is not None else ()
+    for key, minimum in _INT_ATTRS:
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        if key in per_axis and isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            if len(value) != 2:
+                raise ArchitectureError(
+                    f"{where}: attribute {key!r} must be an integer or a pair [height, width], "
+                    f"got {value!r}"
+                )
+            for axis, entry in zip(("height", "width"), value):
+                _int_attr({key: entry}, key, f"{where} ({axis})", minimum=minimum)
+        elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            raise ArchitectureError(
+                f"{where}: attribute {key!r} must be an integer, got {value!r}"
+                + (f" (op {op!r} takes one value for both axes)" if kind is not None else "")
+            )
+        else:
             _int_attr(attrs, key, where, minimum=minimum)
 
 
@@ -339,7 +374,7 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
                 f"{where}: attribute 'batchnorm' must be True or False, got {attrs['batchnorm']!r}"
             )
         _check_int_attrs(attrs, where)
-        node_op_keys = {"op", "kernel_size", "stride", "padding"} & set(attrs)
+        node_op_keys = _NODE_OP_KEYS & set(attrs)
         if merge == "edge" and node_op_keys:
             raise ArchitectureError(
                 f"{where}: attributes {sorted(node_op_keys)} belong on edges unless the node has "

@@ -193,7 +193,7 @@ class MemoryEstimate:
     conv_atoms : int
         Atoms of ``(C, H, W)`` nodes.
     max_taps : int
-        Largest ``kernel_size ** 2`` of an operator between ``(C, H, W)`` maps.
+        Largest ``k_h k_w`` (taps) of an operator between ``(C, H, W)`` maps.
     explicit : int
         Entries of the largest explicit operator block the geometry forms for
         an operator that touches a vector node: ``m * m + m * M`` with ``m``,
@@ -204,11 +204,11 @@ class MemoryEstimate:
     bound : int
         Bytes of the largest Lipschitz bound a pursuit solver computes at a
         forward pass (:meth:`deepframe.ops.Operator.sqnorm_bound`, one
-        operator at a time): for a convolution (``C_out x C_in`` kernel,
-        stride ``s``) on a periodic grid of ``G_h x G_w`` (about the input
+        operator at a time): for a convolution (``C_out x C_in`` kernel per
+        group, stride ``s``) on a periodic grid of ``G_h x G_w`` (about the input
         map over ``s``), the complex128 kernel DFT and its Gram over ``G_h x
-        (G_w // 2 + 1)`` frequencies, ``C_out C_in s^2 + 2 m^2`` entries each
-        (``m = min(C_out, C_in s^2)``), counted at 40 bytes per entry for the
+        (G_w // 2 + 1)`` frequencies, ``C_out C_in s_h s_w + 2 m^2`` entries each
+        and group (``m = min(C_out, C_in s_h s_w)``), counted at 40 bytes per entry for the
         16-byte entries and eigvalsh's workspace; for a dense operator, three
         float64 copies of its matrix (the SVD).
     inputs : int
@@ -230,8 +230,8 @@ class MemoryEstimate:
         pre-activation).
     grouped : int
         Atoms of the synthesis nodes of the terms a Jacobi sweep applies as one
-        grouped convolution (two or more of the same shapes, stride and
-        padding: :func:`deepframe.solvers.conv_groups`), whose inputs it
+        grouped convolution (two or more of the same shapes, stride, padding,
+        dilation and groups: :func:`deepframe.solvers.conv_groups`), whose inputs it
         concatenates.
     head_features : int
         Channels or features of the output node (inputs of the head).
@@ -433,7 +433,7 @@ def estimate_memory(g: nx.DiGraph | Structure) -> MemoryEstimate:
         for op in ops_:
             n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
             if len(op.in_shape) == 3 and len(op.out_shape) == 3:
-                max_taps = max(max_taps, op.kernel_size**2)
+                max_taps = max(max_taps, math.prod(ops.pair(op.kernel_size)))
             else:
                 small, big = min(n_in, n_out), max(n_in, n_out)
                 explicit = max(explicit, small * small + small * big)
@@ -447,7 +447,15 @@ def estimate_memory(g: nx.DiGraph | Structure) -> MemoryEstimate:
     for spec in specs:
         op = spec.op
         if ops.edge_kind(op.kind).grouped_conv:
-            key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
+            key = (
+                op.in_shape,
+                op.out_shape,
+                ops.pair(op.stride),
+                ops.pair(op.kernel_size),
+                ops.pair(op.padding),
+                ops.pair(op.dilation),
+                op.groups,
+            )
             groups.setdefault(key, []).append(node_sizes[spec.synth])
     return MemoryEstimate(
         weights=weights,

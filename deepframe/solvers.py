@@ -450,13 +450,22 @@ def _unroll(step, state, options: SolverOptions, history=None):
 # grouped convolutions of the Jacobi sweep
 # --------------------------------------------------------------------------
 def conv_groups(specs) -> list[tuple[int, ...]]:
-    """Terms whose synthesis operators are convolutions of the same shapes, stride and
-    padding (two or more per group): one grouped convolution can apply them all."""
+    """Terms whose synthesis operators are convolutions of the same shapes, stride,
+    padding, dilation and groups (two or more per group): one grouped convolution can
+    apply them all (``groups`` times their number)."""
     groups: dict = {}
     for i, spec in enumerate(specs):
         op = spec.op
         if ops.edge_kind(op.kind).grouped_conv:
-            key = (op.in_shape, op.out_shape, op.stride, op.kernel_size, op.padding)
+            key = (
+                op.in_shape,
+                op.out_shape,
+                ops.pair(op.stride),
+                ops.pair(op.kernel_size),
+                ops.pair(op.padding),
+                ops.pair(op.dilation),
+                op.groups,
+            )
             groups.setdefault(key, []).append(i)
     return [tuple(v) for v in groups.values() if len(v) > 1]
 
@@ -481,8 +490,23 @@ def _group_weights(terms, groups) -> list:
             ]
             scale = torch.cat(parts).reshape(-1, 1, 1)
         first = inner[0]
-        geometry = (first.stride, first.padding, first.output_padding)
-        out.append((indices, weight, scale, geometry, first.in_shape[0], first.out_shape[0]))
+        geometry = {
+            "stride": first.stride,
+            "padding": first.padding,
+            "dilation": first.dilation,
+            "groups": first.groups * len(indices),
+        }
+        out.append(
+            (
+                indices,
+                weight,
+                scale,
+                geometry,
+                first.output_padding,
+                first.in_shape[0],
+                first.out_shape[0],
+            )
+        )
     return out
 
 
@@ -490,27 +514,21 @@ def _apply_grouped(terms, groups, values, adjoint: bool) -> list:
     """``[A_i v_i]`` (``adjoint=False``) or ``[A_i^T v_i]`` for every term ``i``.
 
     The terms of a group run as one grouped ``conv2d`` / ``conv_transpose2d``
-    (inputs concatenated along channels, weights along output channels, with the
+    (inputs concatenated along channels, weights along output channels, each term's
+    own ``groups`` blocks of channels one more block of the whole, with the
     batch-norm column scale ``S A`` applied as :class:`deepframe.ops.Scaled` does); all
     other terms run one by one.
     """
     out = [None] * len(terms)
-    for indices, weight, scale, (stride, padding, output_padding), c_in, c_out in groups:
+    for indices, weight, scale, geometry, output_padding, c_in, c_out in groups:
         v = torch.cat([values[i] for i in indices], 1)
         if adjoint:
             if scale is not None:
                 v = v * scale
-            v = F.conv_transpose2d(
-                v,
-                weight,
-                stride=stride,
-                padding=padding,
-                output_padding=output_padding,
-                groups=len(indices),
-            )
+            v = F.conv_transpose2d(v, weight, output_padding=output_padding, **geometry)
             parts = v.split(c_in, 1)
         else:
-            v = F.conv2d(v, weight, stride=stride, padding=padding, groups=len(indices))
+            v = F.conv2d(v, weight, **geometry)
             if scale is not None:
                 v = v * scale
             parts = v.split(c_out, 1)

@@ -159,14 +159,21 @@ def _pattern(taps: ops.TapStructure, op: ops.Operator, transposed: bool) -> np.n
             m[y, inc[y, alpha]] = True
         axes.append(m)
     sel = taps.selection(node[0], res[0], transposed)
-    if taps.learned:
+    if taps.learned:  # the groups' diagonal blocks (all channel pairs for one group)
         assert sel is None
-        channels = np.ones((node[0], res[0]), dtype=bool)
+        channels = np.zeros((node[0], res[0]), dtype=bool)
+        size_node, size_res = node[0] // taps.groups, res[0] // taps.groups
+        for group in range(taps.groups):
+            channels[
+                group * size_node : (group + 1) * size_node,
+                group * size_res : (group + 1) * size_res,
+            ] = True
     else:
         channels = np.zeros((node[0], res[0]), dtype=bool)
         for c, r in enumerate(sel):
             if r >= 0:
                 channels[c, r] = True
+    np.testing.assert_array_equal(taps.channel_pattern(node[0], res[0], transposed), channels)
     full = np.kron(np.kron(channels, axes[0]), axes[1])  # (node, res)
     return full if transposed else full.T
 

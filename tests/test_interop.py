@@ -587,17 +587,11 @@ UNSUPPORTED = {
         _net(lambda s, h: _head(s, F.gelu(s.conv(h))), conv=nn.Conv2d(4, 4, 1)),
         ["gelu", "ReLU"],
     ),
-    "dilation": (
+    "padding='same' that pads unequally": (
         _net(
-            lambda s, h: _head(s, F.relu(s.conv(h))), conv=nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+            lambda s, h: _head(s, F.relu(s.conv(h))), conv=nn.Conv2d(4, 4, (2, 3), padding="same")
         ),
-        ["module 'conv' (Conv2d)", "dilation"],
-    ),
-    "groups": (
-        _net(
-            lambda s, h: _head(s, F.relu(s.conv(h))), conv=nn.Conv2d(4, 4, 3, padding=1, groups=2)
-        ),
-        ["module 'conv' (Conv2d)", "groups=2"],
+        ["module 'conv' (Conv2d)", "padding='same'"],
     ),
     "linear path without ReLU": (
         _net(

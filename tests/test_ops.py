@@ -43,6 +43,24 @@ CONV_CASES = [
     (1, 1, 1, 7, 1, 3, 0),
     (2, 3, 11, 10, 5, 2, 0),
 ]
+# (C_in, C_out, H, W, kernel, stride, padding, dilation, groups), per-axis values as
+# (height, width): torchvision's convolutions (AlexNet's 11x11 stride 4 padding 2,
+# grouped and depthwise 3x3s, dilation), non-square kernels, unequal strides and
+# paddings, and their combinations.
+CONV_ATTRIBUTE_CASES = [
+    (3, 4, 23, 21, 11, 4, 2, 1, 1),
+    (4, 6, 7, 7, 3, 1, 1, 1, 2),
+    (4, 4, 6, 7, 3, 2, 1, 1, 4),
+    (3, 3, 5, 5, 3, 1, 1, 1, 3),
+    (2, 3, 9, 8, 3, 1, 2, 2, 1),
+    (2, 2, 9, 7, 3, 1, 0, (2, 1), 1),
+    (2, 3, 6, 7, (1, 3), 1, (0, 1), 1, 1),
+    (3, 2, 7, 5, (3, 1), (2, 1), (1, 0), 1, 1),
+    (2, 2, 8, 9, (2, 5), (1, 3), (0, 2), 1, 2),
+    (4, 8, 10, 9, (3, 5), (2, 1), (2, 1), (1, 2), 4),
+    (6, 4, 5, 6, 3, (1, 2), (2, 0), 2, 2),
+    (4, 4, 5, 5, 3, 2, 2, 2, 2),
+]
 SHORTCUT_CASES = [  # (C_in, C_out, H, W, stride)
     (2, 2, 5, 5, 1),
     (2, 4, 5, 5, 2),
@@ -71,11 +89,20 @@ def _conv(case, dtype=torch.float64):
     return ops.Conv(_weight((c_out, c_in, k, k), dtype=dtype), (c_in, h, w), stride=s, padding=p)
 
 
+def _attribute_conv(case, dtype=torch.float64):
+    c_in, c_out, h, w, k, s, p, d, g = case
+    kernel = k if isinstance(k, tuple) else (k, k)
+    weight = _weight((c_out, c_in // g, *kernel), dtype=dtype)
+    return ops.Conv(weight, (c_in, h, w), stride=s, padding=p, dilation=d, groups=g)
+
+
 def _all_operators():
     """One instance of every kind, with ids, for the shared checks."""
     out = []
     for case in CONV_CASES:
         out.append(pytest.param(lambda case=case: _conv(case), id=f"conv{case}"))
+    for case in CONV_ATTRIBUTE_CASES:
+        out.append(pytest.param(lambda case=case: _attribute_conv(case), id=f"conv{case}"))
     for c_in, c_out, h, w, s in PROJECT_CASES:
         out.append(
             pytest.param(
@@ -83,6 +110,15 @@ def _all_operators():
                     _weight((c_out, c_in, 1, 1)), (c_in, h, w), stride=s
                 ),
                 id=f"project{(c_in, c_out, h, w, s)}",
+            )
+        )
+    for c_in, c_out, h, w, s, g in [(4, 6, 5, 6, (2, 1), 2), (3, 3, 4, 5, 1, 3)]:
+        out.append(
+            pytest.param(
+                lambda c_in=c_in, c_out=c_out, h=h, w=w, s=s, g=g: ops.Project(
+                    _weight((c_out, c_in // g, 1, 1)), (c_in, h, w), stride=s, groups=g
+                ),
+                id=f"project{(c_in, c_out, h, w, s)}-groups={g}",
             )
         )
     for c_in, c_out, h, w, s in SHORTCUT_CASES:
@@ -125,9 +161,11 @@ OPERATORS = _all_operators()
 def _reference(op) -> np.ndarray:
     """The independent dense matrix of ``op``."""
     if isinstance(op, ops.Project):
-        return conv_matrix(op.weight, op.in_shape, op.stride, 0)
+        return conv_matrix(op.weight, op.in_shape, op.stride, 0, groups=op.groups)
     if isinstance(op, ops.Conv):
-        return conv_matrix(op.weight, op.in_shape, op.stride, op.padding)
+        return conv_matrix(
+            op.weight, op.in_shape, op.stride, op.padding, op.dilation, groups=op.groups
+        )
     if isinstance(op, ops.Shortcut):
         return shortcut_matrix(op.in_shape, op.out_shape[0], op.stride, op.pad_before)
     if isinstance(op, ops.Dense):
@@ -252,12 +290,23 @@ def test_sqnorm_default_is_accurate_when_top_singular_values_cluster():
 # --------------------------------------------------------------------------
 # per kind: agreement with torch's own layers
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_forward_and_adjoint_are_torch(case):
-    op = _conv(case)
-    c_in, _, h, w, *_ = case
-    x = torch.randn((2, c_in, h, w), dtype=torch.float64, requires_grad=True)
-    expected = F.conv2d(x, op.weight, stride=op.stride, padding=op.padding)
+CONVS = [pytest.param(lambda c=c: _conv(c), id=str(c)) for c in CONV_CASES] + [
+    pytest.param(lambda c=c: _attribute_conv(c), id=str(c)) for c in CONV_ATTRIBUTE_CASES
+]
+
+
+@pytest.mark.parametrize("make", CONVS)
+def test_conv_forward_and_adjoint_are_torch(make):
+    op = make()
+    x = torch.randn((2, *op.in_shape), dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(
+        x,
+        op.weight,
+        stride=op.stride,
+        padding=op.padding,
+        dilation=op.dilation,
+        groups=op.groups,
+    )
     torch.testing.assert_close(op.forward(x), expected, rtol=0, atol=0)
     # the adjoint is the gradient of <A x, y> with respect to x
     y = torch.randn_like(expected)
@@ -265,11 +314,11 @@ def test_conv_forward_and_adjoint_are_torch(case):
     torch.testing.assert_close(op.adjoint(y), grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv_output_padding_in_range(case):
-    op = _conv(case)
-    for value in op.output_padding:
-        assert 0 <= value < op.stride
+@pytest.mark.parametrize("make", CONVS)
+def test_conv_output_padding_in_range(make):
+    op = make()
+    for value, stride in zip(op.output_padding, op.stride):
+        assert 0 <= value < stride
 
 
 @pytest.mark.parametrize("case", SHORTCUT_CASES, ids=str)

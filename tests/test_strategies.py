@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deepframe as df
+from deepframe import ops
 from deepframe.graph import dumps, loads
 from deepframe.testing import (
     MALFORMED_KINDS,
@@ -206,16 +207,40 @@ def test_generator_covers_every_kind():
             if a.get("stride", 1) == 2:
                 seen["stride 2"] += 1
             if op == "conv":
-                seen[f"kernel {a['kernel_size']}"] += 1
-                if a.get("padding", a["kernel_size"] // 2) != a["kernel_size"] // 2:
+                kernel = ops.pair(a["kernel_size"])
+                dilation = ops.pair(a.get("dilation", 1))
+                default = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
+                seen[f"kernel {kernel[0]}"] += 1
+                if ops.pair(a.get("padding", default)) != default:
                     seen["other padding"] += 1
+                for name, value in (
+                    ("kernel", kernel),
+                    ("stride", ops.pair(a.get("stride", 1))),
+                    ("padding", ops.pair(a.get("padding", default))),
+                    ("dilation", dilation),
+                ):
+                    if value[0] != value[1]:
+                        seen[f"conv {name} per axis"] += 1
+                if dilation != (1, 1):
+                    seen["conv dilation"] += 1
+                groups = a.get("groups", 1)
+                if groups > 1:
+                    seen["conv groups"] += 1
+                    if groups == a["in_shape"][0]:
+                        seen["conv depthwise"] += 1
+            if op == "project":
+                if a.get("groups", 1) > 1:
+                    seen["project groups"] += 1
+                stride = ops.pair(a.get("stride", 1))
+                if stride[0] != stride[1]:
+                    seen["project stride per axis"] += 1
             if op == "dense" and len(g.nodes[k]["shape"]) == 3:
                 seen["dense from conv"] += 1
         if "output" in g.graph:
             seen["output attribute"] += 1
-    ops = ("conv", "dense", "identity", "project", "shortcut")
-    expected = [f"edge {op}" for op in ops] + [f"skip {op}" for op in ops]
-    expected += [f"node {op}" for op in ops] + [f"kernel {k}" for k in (1, 3, 5)]
+    kinds = ("conv", "dense", "identity", "project", "shortcut")
+    expected = [f"edge {op}" for op in kinds] + [f"skip {op}" for op in kinds]
+    expected += [f"node {op}" for op in kinds] + [f"kernel {k}" for k in (1, 3, 5)]
     expected += [
         "odd map",
         "node-centric merge",
@@ -227,6 +252,9 @@ def test_generator_covers_every_kind():
         "dense from conv",
         "output attribute",
     ]
+    expected += [f"conv {name} per axis" for name in ("kernel", "stride", "padding", "dilation")]
+    expected += ["conv dilation", "conv groups", "conv depthwise", "project groups"]
+    expected += ["project stride per axis"]
     missing = [key for key in expected if seen[key] < 3]
     assert not missing, (missing, seen)
 

@@ -8,8 +8,9 @@ columns at node ``a`` are ``D_t[a] = A_t^T`` for its synthesis node and
 identity) is described by
 
 * a channel map: the learned kernel ``K[c, i, alpha, beta]`` (``c`` a channel
-  of node ``a``, ``i`` one of the residual) or a 0/1 selection ``sel[c]``
-  (the residual channel of node channel ``c``, or -1), and
+  of node ``a``, ``i`` one of the residual; block diagonal for a grouped
+  convolution) or a 0/1 selection ``sel[c]`` (the residual channel of node
+  channel ``c``, or -1), and
 * per axis, a 0/1 incidence ``u(y, alpha)``: the residual row that atom
   position ``y`` reaches through tap ``alpha``, or -1 (zero padding),
 
@@ -72,6 +73,8 @@ class Piece:
         Residual channel of every node channel (-1: none), parameter-free pieces.
     scale : torch.Tensor or None
         Per node channel: the batch-norm scale ``S`` of a synthesis block ``B S``.
+    groups : int
+        Blocks of a learned channel map (a grouped convolution; 1: dense).
     """
 
     term: int
@@ -86,6 +89,7 @@ class Piece:
     incidence: tuple = ()
     selection: np.ndarray | None = None
     scale: torch.Tensor | None = None
+    groups: int = 1
 
     @property
     def base(self) -> ops.Operator:
@@ -111,13 +115,22 @@ class Piece:
         return self.op.forward(r) if self.role == "synth" else -self.op.adjoint(r)
 
     def kernel(self) -> torch.Tensor:
-        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale)."""
-        weight = self.base.weight
+        """Learned channel map ``K[c_node, c_res, alpha, beta]`` (times the node's scale);
+        a grouped convolution's weight as its block-diagonal ungrouped one."""
+        weight = ops.block_diagonal(self.base.weight, self.groups)
         if self.role != "synth":
             return weight.transpose(0, 1)
         if self.scale is None:
             return weight
         return weight * self.scale.to(weight).reshape(-1, 1, 1, 1)
+
+    def channel_pattern(self) -> np.ndarray:
+        """``(C_node, C_res)`` bool: the channel pairs the piece's channel map can join
+        (all of them for an ungrouped learned map, its diagonal blocks for a grouped
+        one, ``c`` with ``sel[c]`` for a selection)."""
+        return self.base.taps().channel_pattern(
+            self.node_shape[0], self.res_shape[0], self.role == "synth"
+        )
 
     def support_piece(self) -> Piece:
         """The same piece with every learned weight replaced by 1 and no channel scale.
@@ -177,4 +190,5 @@ def make_piece(term: int, node: Any, role: str, op: ops.Operator) -> Piece:
         incidence=incidence,
         selection=taps.selection(node_shape[0], res_shape[0], transposed),
         scale=scale,
+        groups=taps.groups,
     )

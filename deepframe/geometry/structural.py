@@ -27,7 +27,9 @@ def structural_by_classes(d: GlobalDictionary, block: BlockPlan) -> int:
     """Exact ``N_nz`` share of a class block.
 
     Entry ``(c, c')`` of class pair ``(p, q)`` is structurally nonzero iff some
-    parametrised contribution reaches it (its channel maps overlap and its
+    parametrised contribution reaches it (its channel maps overlap: some
+    residual channel that both ``c`` and ``c'`` reach, which a grouped
+    convolution's blocks restrict, and its
     windows at ``p`` and ``q`` are nonempty: a sum of products of learned
     weights, a nonzero polynomial) or the parameter-free contributions
     (identity, shortcut) do not cancel there. Class pairs with the same
@@ -49,6 +51,28 @@ def structural_by_classes(d: GlobalDictionary, block: BlockPlan) -> int:
                     key.append(float(window_y.sum() * window_x.sum()))
             key.append(bool(axis_y.on_diagonal[p] and axis_x.on_diagonal[q]))
             patterns[tuple(key)] += int(axis_y.multiplicity[p] * axis_x.multiplicity[q])
+    # per learned contribution, the channel pairs (c, c') some residual channel joins:
+    # a rectangle without groups, a block pattern with them (computed once per block)
+    reach = {}
+    for index, (piece_a, piece_b) in enumerate(block.contributions):
+        if not (piece_a.learned or piece_b.learned):
+            continue
+        if piece_a.groups == 1 and piece_b.groups == 1:
+            rows = (
+                torch.ones(channels_a, dtype=torch.bool)
+                if piece_a.learned
+                else torch.as_tensor(piece_a.selection >= 0)
+            )
+            cols = (
+                torch.ones(channels_b, dtype=torch.bool)
+                if piece_b.learned
+                else torch.as_tensor(piece_b.selection >= 0)
+            )
+            reach[index] = rows[:, None] & cols[None, :]
+        else:
+            pattern_a = torch.as_tensor(piece_a.channel_pattern(), dtype=torch.float64)
+            pattern_b = torch.as_tensor(piece_b.channel_pattern(), dtype=torch.float64)
+            reach[index] = (pattern_a @ pattern_b.T) > 0
     count = 0
     for key, multiplicity in patterns.items():
         hit = torch.zeros((channels_a, channels_b), dtype=torch.bool)
@@ -57,17 +81,7 @@ def structural_by_classes(d: GlobalDictionary, block: BlockPlan) -> int:
             if not key[index]:
                 continue
             if piece_a.learned or piece_b.learned:
-                rows = (
-                    torch.ones(channels_a, dtype=torch.bool)
-                    if piece_a.learned
-                    else torch.as_tensor(piece_a.selection >= 0)
-                )
-                cols = (
-                    torch.ones(channels_b, dtype=torch.bool)
-                    if piece_b.learned
-                    else torch.as_tensor(piece_b.selection >= 0)
-                )
-                hit |= rows[:, None] & cols[None, :]
+                hit |= reach[index]
             else:
                 constant += (
                     piece_a.sign

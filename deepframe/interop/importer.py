@@ -201,25 +201,31 @@ class _Import:
 
     def conv(self, v, weight, bias, stride, padding, dilation, groups, padding_mode="zeros"):
         try:
-            stride, padding = ops.Conv.read_torch(
-                weight, stride, padding, dilation, groups, padding_mode
-            )
+            attrs = ops.Conv.read_torch(weight, stride, padding, dilation, groups, padding_mode)
         except ValueError as exc:
             raise self.fail(str(exc)) from None
         parts = self.node_parts(v, "the convolution")
+        weight = _f64(weight)
+        if attrs["groups"] > 1 and len(parts) > 1:  # channels of several nodes: split ungrouped
+            weight, attrs["groups"] = ops.block_diagonal(weight, attrs["groups"]), 1
+        channels = sum(part.shape[0] for part in parts)
+        if weight.shape[1] * attrs["groups"] != channels:
+            raise self.fail(
+                f"a convolution with weight {tuple(weight.shape)} and groups={attrs['groups']} "
+                f"of {channels} input channels"
+            )
         terms, start = [], 0
         for part in parts:
             if len(part.shape) != 3:
                 raise self.fail(f"a convolution of the dense activation {part.name!r}")
-            c = part.shape[0]
+            c = part.shape[0] // attrs["groups"]
             term = _Term(
                 part.name,
                 part.shape,
                 ops.Conv,
-                _f64(weight[:, start : start + c]),
-                stride=stride,
-                padding=padding,
+                weight[:, start : start + c].clone(),
                 origin=self.origin(),
+                **attrs,
             )
             terms = self.merge(terms, term)
             start += c

@@ -40,7 +40,8 @@ class _Term:
     """One linear map from a node into a sum: becomes an edge when a ReLU closes the sum.
 
     ``kind``: the edge kind of :mod:`deepframe.ops` that computes it:
-    :class:`~deepframe.ops.Conv` (weight ``(C_out, C_in, k, k)``),
+    :class:`~deepframe.ops.Conv` (weight ``(C_out, C_in / groups, k_h, k_w)``,
+    ``stride``, ``padding`` and ``dilation`` per axis),
     :class:`~deepframe.ops.Dense` (weight ``(d, prod(src_shape))``, the source
     flattened; with ``pooled``, weight ``(d, C)`` applied to the source's
     global average), :class:`~deepframe.ops.Identity` and
@@ -59,6 +60,8 @@ class _Term:
     scale: torch.Tensor | None = None
     origin: str = ""
     pooled: bool = False
+    dilation: tuple = (1, 1)
+    groups: int = 1
 
     @property
     def label(self) -> str:
@@ -67,8 +70,8 @@ class _Term:
 
     def key(self) -> tuple:
         kernel = None if self.weight is None else tuple(self.weight.shape)
-        shape = (self.stride, self.padding, self.pad_before, self.out_channels)
-        return (self.kind, self.pooled, kernel, *shape)
+        shape = (ops.pair(self.stride), ops.pair(self.padding), self.pad_before, self.out_channels)
+        return (self.kind, self.pooled, kernel, *shape, ops.pair(self.dilation), self.groups)
 
 
 @dataclass
@@ -131,27 +134,39 @@ def _sum_maps(s: _Term, t: _Term) -> _Term | None:
     a dense map plus an identity is ``W + diag(scale)``; convolutions and
     parameter-free maps (an identity or shortcut is a 1x1 kernel with padding
     0) with the same stride are embedded, centred, in the larger kernel and
-    added, where their paddings then agree.
+    added, where their paddings then agree (grouped or dilated convolutions
+    as the ungrouped, undilated ones of the same map).
     """
     if s.pooled or t.pooled:
         return None
     if len(s.src_shape) == 1:
         return replace(s, kind=ops.Dense, weight=_dense_weight(s) + _dense_weight(t), scale=None)
-    if s.stride != t.stride:
+    if ops.pair(s.stride) != ops.pair(t.stride):
         return None
-    size = max(_kernel(s), _kernel(t))
-    if any((size - _kernel(u)) % 2 for u in (s, t)):
+    sizes = [max(_kernel(s)[axis], _kernel(t)[axis]) for axis in (0, 1)]
+    if any((sizes[axis] - _kernel(u)[axis]) % 2 for u in (s, t) for axis in (0, 1)):
         return None
-    pads = {u.padding + (size - _kernel(u)) // 2 for u in (s, t)}
+    pads = {
+        tuple(ops.pair(u.padding)[axis] + (sizes[axis] - _kernel(u)[axis]) // 2 for axis in (0, 1))
+        for u in (s, t)
+    }
     if len(pads) != 1:
         return None
-    weight = _conv_weight(s, size) + _conv_weight(t, size)
+    weight = _conv_weight(s, sizes) + _conv_weight(t, sizes)
     origin = " + ".join(u.origin for u in (s, t) if u.origin)
     return _Term(s.src, s.src_shape, ops.Conv, weight, s.stride, pads.pop(), origin=origin)
 
 
-def _kernel(t: _Term) -> int:
-    return 1 if t.weight is None else int(t.weight.shape[-1])
+def _plain(t: _Term) -> torch.Tensor | None:
+    """A conv term's weight as that of an undilated, ungrouped convolution (the same map)."""
+    if t.weight is None:
+        return None
+    return ops.dilated_kernel(ops.block_diagonal(t.weight, t.groups), t.dilation)
+
+
+def _kernel(t: _Term) -> tuple[int, int]:
+    """``(k_h, k_w)`` of the term's map as an undilated convolution (1x1: parameter-free)."""
+    return (1, 1) if t.weight is None else tuple(int(k) for k in _plain(t).shape[-2:])
 
 
 def _selection(t: _Term) -> torch.Tensor:
@@ -163,13 +178,15 @@ def _dense_weight(t: _Term) -> torch.Tensor:
     return t.weight if t.weight is not None else _selection(t)
 
 
-def _conv_weight(t: _Term, size: int) -> torch.Tensor:
+def _conv_weight(t: _Term, sizes) -> torch.Tensor:
+    """The term's map as a ``sizes[0] x sizes[1]`` undilated, ungrouped kernel, centred."""
     if t.weight is None:
-        w = torch.zeros((t.out_channels, t.src_shape[0], size, size), dtype=torch.float64)
-        w[:, :, size // 2, size // 2] = _selection(t)
+        w = torch.zeros((t.out_channels, t.src_shape[0], *sizes), dtype=torch.float64)
+        w[:, :, sizes[0] // 2, sizes[1] // 2] = _selection(t)
         return w
-    d = (size - _kernel(t)) // 2
-    return F.pad(t.weight, (d, d, d, d))
+    kh, kw = _kernel(t)
+    dh, dw = (sizes[0] - kh) // 2, (sizes[1] - kw) // 2
+    return F.pad(_plain(t), (dw, dw, dh, dh))
 
 
 def _edge(t: _Term) -> tuple[dict, torch.Tensor | None]:
@@ -188,6 +205,8 @@ def _edge(t: _Term) -> tuple[dict, torch.Tensor | None]:
         out_channels=t.out_channels,
         pad_before=t.pad_before,
         scale=t.scale,
+        dilation=t.dilation,
+        groups=t.groups,
     )
 
 

@@ -21,7 +21,8 @@ The package is laid out as PyLops lays out its operators:
 :mod:`.base`           :class:`Operator`, :class:`OpSpec`, :class:`TapStructure`,
                        the registry (:data:`EDGE_KINDS`) and shared shape rules
 :mod:`.linalg`         :func:`power_iteration`, :func:`dot_test`
-:mod:`.conv`           :class:`Conv`, :class:`Project`, :func:`conv_sqnorm_bound`
+:mod:`.conv`           :class:`Conv`, :class:`Project`, :func:`conv_sqnorm_bound`,
+                       :func:`block_diagonal`, :func:`dilated_kernel`
 :mod:`.dense`          :class:`Dense`
 :mod:`.identity`       :class:`Identity`, :class:`Shortcut`
 :mod:`.scaled`         :class:`Scaled` (batch norm's column scale; not an edge kind)
@@ -57,9 +58,10 @@ from .base import (
     TapStructure,
     conv_output_size,
     edge_kind,
+    pair,
     register_edge_kind,
 )
-from .conv import Conv, Project, conv_sqnorm_bound
+from .conv import Conv, Project, block_diagonal, conv_sqnorm_bound, dilated_kernel
 from .dense import Dense
 from .identity import Identity, Shortcut
 from .linalg import DotTest, dot_test, power_iteration
@@ -82,6 +84,9 @@ __all__ = [
     "Scaled",
     "conv_output_size",
     "conv_sqnorm_bound",
+    "block_diagonal",
+    "dilated_kernel",
+    "pair",
     "power_iteration",
     "ROUNDING_MARGIN",
     "DEFAULT_EDGE_KIND",

@@ -34,6 +34,7 @@ __all__ = [
     "TapStructure",
     "Operator",
     "conv_output_size",
+    "pair",
 ]
 
 
@@ -47,12 +48,31 @@ __all__ = [
 ROUNDING_MARGIN = 1e-10
 
 
-def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    """Spatial size after a convolution: ``floor((size + 2 p - k) / s) + 1``.
+def conv_output_size(
+    size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1
+) -> int:
+    """Spatial size after a convolution: ``floor((size + 2 p - d (k - 1) - 1) / s) + 1``
+    (``floor((size + 2 p - k) / s) + 1`` without dilation).
 
     May be ``<= 0``; callers treat that as an empty map.
     """
-    return (size + 2 * padding - kernel_size) // stride + 1
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def pair(value) -> tuple[int, int]:
+    """``(height, width)`` of a per-axis attribute given as one integer or a pair
+    (torch's ``int or (int, int)``; JSON gives a list). Values are not checked here:
+    :func:`deepframe.validate` type-checks graph attributes."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if len(value) != 2:
+            raise ValueError(f"expected one integer or a pair (height, width), got {value!r}")
+        return (int(value[0]), int(value[1]))
+    return (int(value), int(value))
+
+
+def _axes_text(values: tuple[int, int]) -> str:
+    """``3`` for ``(3, 3)``, ``(3, 5)`` otherwise: a per-axis value in messages."""
+    return str(values[0]) if values[0] == values[1] else f"({values[0]}, {values[1]})"
 
 
 def _scaled_kernel(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
@@ -79,11 +99,13 @@ class OpSpec:
     kind: str
     in_shape: tuple
     out_shape: tuple
-    stride: int = 1
-    kernel_size: int = 1
-    padding: int = 0
+    stride: int | tuple[int, int] = 1
+    kernel_size: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
     weight_key: str | None = None
     pad_before: int | None = None
+    dilation: int | tuple[int, int] = 1
+    groups: int = 1
 
     def build(self, weights: Mapping[str, torch.Tensor]) -> Operator:
         """The operator with its weight taken from ``weights`` (under :attr:`weight_key`)."""
@@ -98,28 +120,41 @@ class OpSpec:
 class TapStructure:
     """How an operator between two ``(C, H, W)`` maps reads its source, axis by axis.
 
-    Every such edge kind is a (possibly strided, zero-padded) correlation
-    ``(A x)[c, o_h, o_w] = sum_{c', a, b} K[c, c', a, b] x[c', s o_h - p + a,
-    s o_w - p + b]`` whose channel map ``K`` is either learned (the weight,
-    ``shift is None``) or a fixed selection: output channel ``c`` reads input
-    channel ``c - shift`` when that exists (identity ``shift = 0``, the option-A
-    shortcut ``shift = pad_before``). The structured Gram of
-    :mod:`deepframe.geometry` (docs/geometry.md) only needs this description:
-    which residual position an atom position reaches through which tap
-    (:meth:`incidence`) and, for a selection, which channel (:meth:`selection`).
+    Every such edge kind is a (possibly strided, dilated, zero-padded, grouped)
+    correlation ``(A x)[c, o_h, o_w] = sum_{c', a, b} K[c, c', a, b] x[c', s_h o_h
+    - p_h + d_h a, s_w o_w - p_w + d_w b]`` whose channel map ``K`` is either
+    learned (the weight, ``shift is None``; block diagonal with ``groups``
+    blocks: output channel ``c`` of group ``c // (C_out / groups)`` reads only
+    the input channels of that group) or a fixed selection: output channel
+    ``c`` reads input channel ``c - shift`` when that exists (identity
+    ``shift = 0``, the option-A shortcut ``shift = pad_before``). The structured
+    Gram of :mod:`deepframe.geometry` (docs/geometry.md) only needs this
+    description: which residual position an atom position reaches through
+    which tap (:meth:`incidence`) and which channels can meet
+    (:meth:`selection`, :meth:`channel_pattern`).
 
     Attributes
     ----------
     kernel_size : (k_h, k_w)
-    stride, padding : int
+        Taps per axis.
+    stride, padding, dilation : (int, int)
+        Per axis (height, width); an integer given for any of them means both axes.
     shift : int or None
         ``None`` for a learned channel map, else the channel offset of the selection.
+    groups : int
+        Blocks of a learned channel map (1: every input channel meets every output).
     """
 
     kernel_size: tuple[int, int]
-    stride: int
-    padding: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
     shift: int | None = None
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        for name in ("kernel_size", "stride", "padding", "dilation"):
+            object.__setattr__(self, name, pair(getattr(self, name)))
 
     @property
     def learned(self) -> bool:
@@ -132,9 +167,9 @@ class TapStructure:
 
         A column block ``D_t[a]`` of node ``a`` in term ``t`` is ``A^T``
         (``transposed=True``, node ``a`` synthesised: ``y`` indexes the
-        operator's *output*, ``size`` its length, and ``u = s y - p + alpha``)
+        operator's *output*, ``size`` its length, and ``u = s y - p + d alpha``)
         or ``-A`` (``transposed=False``, node ``a`` a target: ``y`` indexes the
-        operator's *input* and ``u`` solves ``s u - p + alpha = y``). ``res_size``
+        operator's *input* and ``u`` solves ``s u - p + d alpha = y``). ``res_size``
         is the length of the residual (the other side) along ``axis``.
 
         Returns
@@ -144,15 +179,16 @@ class TapStructure:
         """
         import numpy as np
 
+        s, p, d = self.stride[axis], self.padding[axis], self.dilation[axis]
         y = np.arange(size)[:, None]
-        a = np.arange(self.kernel_size[axis])[None, :]
+        a = np.arange(self.kernel_size[axis])[None, :] * d
         if transposed:
-            u = y * self.stride - self.padding + a
+            u = y * s - p + a
             ok = np.ones_like(u, dtype=bool)
         else:
-            num = y + self.padding - a
-            ok = num % self.stride == 0
-            u = num // self.stride
+            num = y + p - a
+            ok = num % s == 0
+            u = num // s
         ok &= (u >= 0) & (u < res_size)
         return np.where(ok, u, -1)
 
@@ -170,6 +206,21 @@ class TapStructure:
 
         sel = np.arange(node_channels) + (-self.shift if transposed else self.shift)
         return np.where((sel >= 0) & (sel < res_channels), sel, -1)
+
+    def channel_pattern(self, node_channels: int, res_channels: int, transposed: bool):
+        """``(node_channels, res_channels)`` bool: which channel pairs the map can join.
+
+        A learned map: its ``groups`` diagonal blocks (all pairs for one group);
+        a selection: ``c`` with :meth:`selection`'s ``sel[c]``.
+        """
+        import numpy as np
+
+        if self.shift is None:
+            node_group = np.arange(node_channels) // (node_channels // self.groups)
+            res_group = np.arange(res_channels) // (res_channels // self.groups)
+            return node_group[:, None] == res_group[None, :]
+        sel = self.selection(node_channels, res_channels, transposed)
+        return (sel[:, None] == np.arange(res_channels)[None, :]) & (sel[:, None] >= 0)
 
 
 # --------------------------------------------------------------------------
@@ -218,8 +269,9 @@ def edge_kind(name: Any) -> type[Operator]:
         raise ValueError(f"unknown op {name!r}; expected one of {tuple(EDGE_KINDS)}") from None
 
 
-def _map_shape(name: str, src: Shape, size, k: int, stride: int, padding: int) -> Shape:
-    """Shape rule shared by the kinds between ``(C, H, W)`` maps (conv arithmetic)."""
+def _map_shape(name: str, src: Shape, size, k, stride, padding, dilation=1) -> Shape:
+    """Shape rule shared by the kinds between ``(C, H, W)`` maps (conv arithmetic);
+    ``k``, ``stride``, ``padding`` and ``dilation`` are integers or per-axis pairs."""
     key, value = size
     if len(src) != 3:
         raise ValueError(f"op {name!r} needs a (C, H, W) source, got shape {src}")
@@ -228,12 +280,14 @@ def _map_shape(name: str, src: Shape, size, k: int, stride: int, padding: int) -
             f"op {name!r} produces a conv activation; the destination must declare "
             f"'channels', not 'features'"
         )
-    h = conv_output_size(src[1], k, stride, padding)
-    w = conv_output_size(src[2], k, stride, padding)
+    k, stride, padding, dilation = pair(k), pair(stride), pair(padding), pair(dilation)
+    h, w = (conv_output_size(src[1 + i], k[i], stride[i], padding[i], dilation[i]) for i in (0, 1))
     if h < 1 or w < 1:
+        dilated = "" if dilation == (1, 1) else f", dilation {_axes_text(dilation)}"
         raise ValueError(
-            f"op {name!r} (kernel {k}, stride {stride}, padding {padding}) shrinks the "
-            f"{src[1]}x{src[2]} map to nothing ({h}x{w})"
+            f"op {name!r} (kernel {_axes_text(k)}, stride {_axes_text(stride)}, padding "
+            f"{_axes_text(padding)}{dilated}) shrinks the {src[1]}x{src[2]} map to nothing "
+            f"({h}x{w})"
         )
     return (value, h, w)
 
@@ -360,6 +414,9 @@ class Operator(ABC):
 
     #: The integer attributes the kind reads from a graph (``kernel_size``, ...).
     attributes: ClassVar[tuple[str, ...]] = ()
+    #: Those of :attr:`attributes` a graph may give per axis: one integer (both axes) or
+    #: a pair ``[height, width]`` (a conv's ``kernel_size``, ``stride``, ...).
+    pair_attributes: ClassVar[tuple[str, ...]] = ()
     #: The attributes it cannot do without (a conv needs its ``kernel_size``).
     required_attributes: ClassVar[tuple[str, ...]] = ()
     #: Whether its shape rule allows fewer output channels than input channels.
@@ -388,19 +445,22 @@ class Operator(ABC):
         weight: torch.Tensor | None,
         src_shape: Shape,
         *,
-        stride: int = 1,
-        padding: int = 0,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
         out_channels: int = 0,
         pad_before: int = 0,
         scale: torch.Tensor | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
     ) -> tuple[dict, torch.Tensor | None]:
         """The graph attributes (``op`` included) and the weight of an edge of this kind
         that computes a map read from a PyTorch model (:func:`deepframe.from_torch`).
 
         ``weight`` is the map's weight in torch's layout (``None`` for a
         parameter-free kind), ``src_shape`` its source's shape; ``stride``,
-        ``padding``, ``out_channels`` and ``pad_before`` describe it as the
-        importer read it; ``scale`` is a per-output-channel factor a batch norm
+        ``padding``, ``dilation`` (integers or per-axis pairs), ``groups``,
+        ``out_channels`` and ``pad_before`` describe it as the importer read
+        it; ``scale`` is a per-output-channel factor a batch norm
         put on a parameter-free map. The edge may be of another kind when that
         states the same map more simply (an option-A shortcut that neither
         subsamples nor pads is an identity; a scaled selection is a learned 1x1

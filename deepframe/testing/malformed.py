@@ -33,7 +33,7 @@ _SAME = DEFAULT_EDGE_KIND
 #: registration order (each kind's :attr:`~deepframe.ops.Operator.attributes`).
 _READS = {
     key: tuple(k for k, c in EDGE_KINDS.items() if key in c.attributes)
-    for key in ("kernel_size", "padding", "stride")
+    for key in ("kernel_size", "padding", "stride", "groups")
 }
 _REQUIRES = {"kernel_size": tuple(k for k, c in EDGE_KINDS.items() if c.required_attributes)}
 #: A kind with a kernel (``kernel_size``, ``stride``, ``padding``): conv arithmetic applies.
@@ -339,9 +339,29 @@ def _m_bad_edge_attr(rng):
                 ("padding", "same"),
             ]
         )
+    elif a["op"] in _READS["kernel_size"] and rng.random() < 0.5:  # the per-axis forms
+        key, value = rng.choice(
+            [
+                ("kernel_size", [3, 0]),
+                ("stride", [1, 2, 1]),
+                ("padding", [1, "1"]),
+                ("dilation", 0),
+                ("dilation", [1, 1.5]),
+                ("groups", 0),
+                ("groups", [1, 1]),
+            ]
+        )
     else:
         key, value = rng.choice([("stride", 1.5), ("stride", 0), ("stride", "2"), ("stride", True)])
     a[key] = value
+    return g, _edge(u, v)
+
+
+def _m_groups_not_dividing(rng):
+    """A conv edge with ``groups`` that does not divide its source's channels."""
+    g = _base(rng, inputs=("conv",), merges=("edge",))
+    u, v = _conv_edge(rng, g, _READS["groups"])
+    g.edges[u, v]["groups"] = _infer_shapes(g)[u][0] + 1
     return g, _edge(u, v)
 
 
@@ -470,14 +490,14 @@ def _m_only_input(rng):
 def _m_node_op_on_edge_node(rng):
     g = _base(rng, merges=("edge",))
     n = rng.choice(_activations(g))
-    g.nodes[n][rng.choice(["kernel_size", "op", "stride", "padding"])] = 3
+    g.nodes[n][rng.choice(["kernel_size", "op", "stride", "padding", "dilation", "groups"])] = 3
     return g, _q(n)
 
 
 def _m_merge_input_without_op(rng):
     g = _base(rng, merges=("input",))
     n = _node_centric(rng, g)
-    for key in ("op", "kernel_size", "stride", "padding"):
+    for key in ("op", "kernel_size", "stride", "padding", "dilation", "groups"):
         g.nodes[n].pop(key, None)
     return g, _q(n)
 
@@ -506,7 +526,7 @@ def _m_unknown_node_attribute(rng):
 def _m_unknown_edge_attribute(rng):
     g = _base(rng)
     u, v = rng.choice(list(g.edges))
-    g.edges[u, v][rng.choice(["kernal_size", "weight", "groups", "dilation"])] = 1
+    g.edges[u, v][rng.choice(["kernal_size", "weight", "group", "dilations"])] = 1
     return g, _edge(u, v)
 
 
@@ -556,6 +576,7 @@ MALFORMED: dict[str, Callable[[random.Random], tuple[Any, str]]] = {
     "identity_between_different_shapes": _m_identity_mismatch,
     "unreachable_node": _m_unreachable,
     "bad_edge_attribute": _m_bad_edge_attr,
+    "groups_not_dividing_channels": _m_groups_not_dividing,
     "missing_kernel_size": _m_missing_kernel,
     "missing_op": _m_missing_op,
     "missing_input_shape": _m_missing_input_shape,

@@ -43,48 +43,67 @@ def _numpy(weight) -> np.ndarray:
     return np.asarray(weight, dtype=np.float64)
 
 
+def _per_axis(value) -> tuple[int, int]:
+    if isinstance(value, Sequence):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
 def conv_matrix(
-    weight, in_shape: Sequence[int], stride: int = 1, padding: int | None = None
+    weight,
+    in_shape: Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | None = None,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
 ) -> np.ndarray:
-    """The matrix of ``conv2d(., weight, stride, padding)`` (zero padding, cross-correlation).
+    """The matrix of ``conv2d(., weight, stride, padding, dilation, groups)`` (zero
+    padding, cross-correlation).
 
     Output pixel ``(y, x)`` of channel ``o`` reads input pixel
-    ``(y s - p + a, x s - p + b)`` of channel ``i`` with weight ``W[o, i, a, b]``
+    ``(y s_h - p_h + a d_h, x s_w - p_w + b d_w)`` of channel ``g C_in / groups + i``
+    (``g = o // (C_out / groups)``, the group of ``o``) with weight ``W[o, i, a, b]``
     when that pixel lies inside the map; rows and columns are in ``(C, H, W)``
-    order. Built by loops over output pixels and taps.
+    order. Built by loops over output channels, output pixels and taps.
 
     Parameters
     ----------
-    weight : array or tensor of shape ``(C_out, C_in, k_h, k_w)``
+    weight : array or tensor of shape ``(C_out, C_in / groups, k_h, k_w)``
     in_shape : ``(C_in, H, W)``
-    stride : int
-    padding : int, optional
-        Default ``k_h // 2``.
+    stride, dilation : int or (int, int)
+    padding : int or (int, int), optional
+        Default ``dilation * (k // 2)`` per axis.
+    groups : int
 
     Returns
     -------
     numpy.ndarray of shape ``(C_out * H_out * W_out, C_in * H * W)``
     """
     w = _numpy(weight)
-    c_out, c_in, kh, kw = w.shape
+    c_out, c_group, kh, kw = w.shape
     c, h, wd = (int(s) for s in in_shape)
-    if c != c_in:
-        raise ValueError(f"weight has {c_in} input channels, in_shape {tuple(in_shape)}")
-    p = kh // 2 if padding is None else int(padding)
-    ho = (h + 2 * p - kh) // stride + 1
-    wo = (wd + 2 * p - kw) // stride + 1
-    matrix = np.zeros((c_out * ho * wo, c_in * h * wd))
-    outs = np.arange(c_out)
-    ins = np.arange(c_in)
-    for y in range(ho):
-        for x in range(wo):
-            rows = (outs * ho + y) * wo + x
-            for a in range(kh):
-                for b in range(kw):
-                    sy, sx = y * stride - p + a, x * stride - p + b
-                    if 0 <= sy < h and 0 <= sx < wd:
-                        cols = (ins * h + sy) * wd + sx
-                        matrix[np.ix_(rows, cols)] = w[:, :, a, b]
+    if c != c_group * groups or c_out % groups:
+        raise ValueError(
+            f"weight {w.shape} with groups={groups} does not fit in_shape {tuple(in_shape)}"
+        )
+    sh, sw = _per_axis(stride)
+    dh, dw = _per_axis(dilation)
+    ph, pw = (dh * (kh // 2), dw * (kw // 2)) if padding is None else _per_axis(padding)
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    matrix = np.zeros((c_out * ho * wo, c * h * wd))
+    per_group = c_out // groups
+    for o in range(c_out):
+        first = (o // per_group) * c_group
+        for y in range(ho):
+            for x in range(wo):
+                row = (o * ho + y) * wo + x
+                for a in range(kh):
+                    for b in range(kw):
+                        sy, sx = y * sh - ph + a * dh, x * sw - pw + b * dw
+                        if 0 <= sy < h and 0 <= sx < wd:
+                            for i in range(c_group):
+                                matrix[row, ((first + i) * h + sy) * wd + sx] = w[o, i, a, b]
     return matrix
 
 
@@ -134,26 +153,33 @@ def operator_matrix(
         ``"conv"``, ``"dense"``, ``"identity"``, ``"project"`` or ``"shortcut"``.
     attrs : mapping
         The edge's (or node-centric node's) attributes: ``kernel_size``,
-        ``stride``, ``padding``, ``pad_before`` (shortcut).
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``pad_before`` (shortcut).
     in_shape, out_shape : shapes of the source and of the result
     weight : array or tensor, optional
         The learned weight (``None`` for parameter-free operators).
     """
     in_size, out_size = math.prod(in_shape), math.prod(out_shape)
-    stride = int(attrs.get("stride", 1))
+    stride = attrs.get("stride", 1)
+    groups = int(attrs.get("groups", 1))
     if op == "identity":
         if tuple(in_shape) != tuple(out_shape):
             raise ValueError(f"identity between {tuple(in_shape)} and {tuple(out_shape)}")
         matrix = identity_matrix(in_size)
     elif op == "shortcut":
-        matrix = shortcut_matrix(in_shape, out_shape[0], stride, attrs.get("pad_before"))
+        matrix = shortcut_matrix(in_shape, out_shape[0], int(stride), attrs.get("pad_before"))
     elif op == "dense" or (op == "project" and len(in_shape) == 1):
         matrix = dense_matrix(weight)
     elif op == "project":
-        matrix = conv_matrix(weight, in_shape, stride, 0)
+        matrix = conv_matrix(weight, in_shape, stride, 0, groups=groups)
     elif op == "conv":
-        k = int(attrs["kernel_size"])
-        matrix = conv_matrix(weight, in_shape, stride, int(attrs.get("padding", k // 2)))
+        matrix = conv_matrix(
+            weight,
+            in_shape,
+            stride,
+            attrs.get("padding"),
+            attrs.get("dilation", 1),
+            groups,
+        )
     else:
         raise ValueError(f"unknown op {op!r}")
     if matrix.shape != (out_size, in_size):
