@@ -75,7 +75,11 @@ def describe(args) -> int:
 
     column = {j: i for i, j in enumerate(activation_nodes(g))}
     for k, j, a in sorted(g.edges(data=True), key=lambda e: (column[e[1]], str(e[0]))):
-        detail = {key: a[key] for key in ("kernel_size", "stride", "padding") if key in a}
+        detail = {
+            key: a[key]
+            for key in ("kernel_size", "stride", "padding", "dilation", "groups")
+            if key in a
+        }
         op = a.get("op", DEFAULT_EDGE_KIND)
         print(
             f"  {str(k):>12} -> {str(j):<12} {op:<9} {tuple(a['in_shape'])} -> "

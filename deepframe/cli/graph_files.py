@@ -57,7 +57,11 @@ def write_dot(g, path: Path) -> None:
         lines.append(f'  {_dot_id(node)} [shape={shape}, label="{label}"];')
     for u, v, a in h.edges(data=True):
         parts = [str(a.get("op", DEFAULT_EDGE_KIND))]
-        parts += [f"{k}={a[k]}" for k in ("kernel_size", "stride", "padding") if k in a]
+        parts += [
+            f"{k}={a[k]}"
+            for k in ("kernel_size", "stride", "padding", "dilation", "groups")
+            if k in a
+        ]
         lines.append(f'  {_dot_id(u)} -> {_dot_id(v)} [label="{_dot_text(" ".join(parts))}"];')
     lines.append("}")
     text = "\n".join(lines) + "\n"

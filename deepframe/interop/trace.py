@@ -89,8 +89,8 @@ def from_torch(
     ``a_j = sum_k A_jk w_k`` and its code ``w_j = ReLU(a_j - lambda_j)``
     (Eq. 4), with ``lambda_j = -bias_j`` (any sign).
 
-    Supported (in these spellings): ``nn.Conv2d`` / ``F.conv2d`` (stride,
-    padding; groups = dilation = 1, with or without bias), ``nn.Linear`` /
+    Supported (in these spellings): ``nn.Conv2d`` / ``F.conv2d`` (kernel, stride,
+    padding and dilation per axis, any groups, with or without bias), ``nn.Linear`` /
     ``F.linear``; ``nn.ReLU`` / ``F.relu`` / ``torch.relu`` / ``Tensor.relu``
     (in place or not); ``nn.BatchNorm2d`` / ``nn.BatchNorm1d`` /
     ``F.batch_norm`` with running statistics, before or after a residual
