@@ -48,12 +48,14 @@ grid, ``--iterations`` the memory section's T too):
     ``DEEPFRAME_MEMORY_BUDGET``, else 8 GiB): the library's 2 GiB default refuses
     the 224x224 case.
 ``options``
-    The accelerator options on DP-res T = 10 (quick: T = 5): default,
-    ``channels_last``, ``schedule="jacobi"`` (one grouped pass), TF32 on/off and
-    CUDA-graph inference (CUDA only), ``torch_compile`` (with
-    ``--torch-compile``); training and inference images/s against the plain
-    network with the same options and against the op-count floor
-    ``plain / (1 + 2 T)``.
+    The accelerator options on DP-res T = 10 (quick: T = 5; ``--options-iterations``),
+    ResNet-20 batch 128 (quick: ResNet-8, 32; ``--options-batch``, repeatable): default,
+    ``channels_last``, ``schedule="jacobi"`` (one grouped pass), bf16 autocast
+    (the forward pass under ``torch.autocast``), TF32 on/off, ``channels_last``
+    with TF32 or bf16 and CUDA-graph inference (CUDA only), ``torch_compile``
+    (with ``--torch-compile``); ``--variant`` (repeatable) keeps only the named
+    ones. Training and inference images/s against the plain network with the
+    same options and against the op-count floor ``plain / (1 + 2 T)``.
 
 ``batchnorm``
     One training step of the feed-forward network (T = 0) with batch norm on
@@ -441,6 +443,8 @@ def bench_solvers(args, out: list) -> None:
                         "x_plain": paired_ratio(rounds, "net", "plain"),
                         "x_floor_best": times["net"] / times["floor"],
                         "x_plain_best": times["net"] / times["plain"],
+                        # throughput over the op-count floor plain / (1 + 2 T)
+                        "x_op_floor": (1 + 2 * t) / paired_ratio(rounds, "net", "plain"),
                         "train_images_per_s": batch / times["net"],
                         "infer_s": infer,
                         "infer_images_per_s": batch / infer,
@@ -791,93 +795,149 @@ def bench_geometry(args, out: list) -> None:
         )
 
 
+def _autocast_train_step(model, x, y, device_type: str):
+    """:func:`_train_step` with the forward pass under bf16 autocast (backward outside it)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+
+
+def _autocast_infer(model, x, device_type: str):
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16):
+        model(x)
+
+
+def option_variants(cuda: bool, torch_compile) -> dict:
+    """The variants of the options section: ``label: (compile options, tf32, bf16 autocast)``.
+
+    ``tf32`` is None (leave the setting alone), True or False; TF32, the
+    combination with ``channels_last`` and CUDA-graph inference (measured with
+    the default row) apply on CUDA only; bf16 autocast runs on both devices.
+    ``torch_compile`` (False, True or a dict of ``torch.compile`` options, as
+    :func:`deepframe.compile` takes it) adds the ``torch.compile`` variant.
+    """
+    variants = {
+        "default": ({}, None, False),
+        "channels_last": ({"channels_last": True}, None, False),
+        "jacobi (grouped)": ({"schedule": "jacobi"}, None, False),
+    }
+    if cuda:
+        variants["tf32 off"] = ({}, False, False)
+        variants["tf32 on"] = ({}, True, False)
+        variants["channels_last + tf32"] = ({"channels_last": True}, True, False)
+    variants["bf16 autocast"] = ({}, None, True)
+    if cuda:
+        variants["channels_last + bf16"] = ({"channels_last": True}, None, True)
+    if torch_compile:
+        variants["torch.compile"] = ({"torch_compile": torch_compile}, None, False)
+    return variants
+
+
 def bench_options(args, out: list) -> None:
+    """The accelerator options on DP-res: training and inference images/s against the
+    plain network with the same options and the op-count floor ``plain / (1 + 2 T)``.
+
+    ``args.options_graph``, ``args.options_batch`` (a list) and
+    ``args.options_iterations`` choose the case (default ResNet-20, batch 128,
+    T = 10; quick: ResNet-8, 32, 5); ``args.variant`` (a list of labels of
+    :func:`option_variants`), if set, runs only those variants.
+    """
     from deepframe import accel
 
-    cuda = torch.device(args.device).type == "cuda"
-    arch, batch = ("ResNet-8", 32) if args.quick else ("ResNet-20", 128)
-    t = 5 if args.quick else 10
+    device_type = torch.device(args.device).type
+    cuda = device_type == "cuda"
+    arch = getattr(args, "options_graph", None) or ("ResNet-8" if args.quick else "ResNet-20")
+    batches = getattr(args, "options_batch", None) or ([32] if args.quick else [128])
+    t = getattr(args, "options_iterations", None)
+    t = (5 if args.quick else 10) if t is None else t
+    variants = option_variants(cuda, args.torch_compile)
+    wanted = getattr(args, "variant", None)
+    if wanted:
+        unknown = sorted(set(wanted) - set(variants))
+        if unknown:
+            raise ValueError(f"options: unknown variant(s) {unknown}; here: {sorted(variants)}")
+        variants = {label: v for label, v in variants.items() if label in wanted}
     name = device_name(args.device)
-    print(f"\n## options: DP-res T={t}, {arch}, batch {batch}, {name}")
-    print(
-        f"{'variant':<22} {'train img/s':>12} {'x plain':>8} {'x op floor':>11} "
-        f"{'infer img/s':>12} {'x plain':>8}"
-    )
     graph = _graph(arch, True)
-    x, y = _data(batch, args.device)
-    variants = {"default": ({}, None)}
-    variants["channels_last"] = ({"channels_last": True}, None)
-    variants["jacobi (grouped)"] = ({"schedule": "jacobi"}, None)
-    if cuda:
-        variants["tf32 off"] = ({}, False)
-        variants["tf32 on"] = ({}, True)
-        variants["channels_last + tf32"] = ({"channels_last": True}, True)
-    if args.torch_compile:
-        variants["torch.compile"] = ({"torch_compile": True}, None)
-    for label, (options, tf32) in variants.items():
-        context = accel.tf32(tf32) if tf32 is not None else nullcontext()
-        with context:
-            net = df.compile(graph, method="deep", iterations=t, device=args.device, **options)
-            plain_options = {"channels_last": True} if options.get("channels_last") else {}
-            ff = df.compile(graph, method="feedforward", device=args.device, **plain_options)
-            plain = PlainNet(ff)
-            if options.get("channels_last"):
-                xs = x.contiguous(memory_format=torch.channels_last)
-            else:
-                xs = x
-            rounds = {}
-            train = time_interleaved(
-                {
-                    "net": partial(_train_step, net.train(), xs, y),
-                    "plain": partial(_train_step, plain.train(), xs, y),
-                },
-                args.repeats,
-                args.device,
-                rounds,
-            )
-            calls = {
-                "net": partial(_infer, net.eval(), xs),
-                "plain": partial(_infer, plain.eval(), xs),
-            }
-            if cuda and label == "default":
-                graphed = accel.CudaGraphInference(net, xs)
-                calls["cuda graph"] = partial(graphed, xs)
-            infer_rounds = {}
-            infer = time_interleaved(calls, args.repeats, args.device, infer_rounds)
-        plain_rate = batch / train["plain"]
-        x_plain_train = paired_ratio(rounds, "plain", "net")  # throughput: net over plain
-        row = {
-            "section": "options",
-            "device": name,
-            "graph": arch,
-            "batch": batch,
-            "method": "DP-res",
-            "T": t,
-            "variant": label,
-            "train_images_per_s": batch / train["net"],
-            "plain_train_images_per_s": plain_rate,
-            "x_plain_train": x_plain_train,
-            # images/s over the op-count floor plain / (1 + 2 T)
-            "x_op_floor_train": x_plain_train * (1 + 2 * t),
-            "x_op_floor_train_best": (batch / train["net"]) / (plain_rate / (1 + 2 * t)),
-            "infer_images_per_s": batch / infer["net"],
-            "plain_infer_images_per_s": batch / infer["plain"],
-            "x_plain_infer": paired_ratio(infer_rounds, "plain", "net"),
-        }
-        if "cuda graph" in infer:
-            row["cuda_graph_infer_images_per_s"] = batch / infer["cuda graph"]
-        out.append(row)
+    for batch in batches:
+        print(f"\n## options: DP-res T={t}, {arch}, batch {batch}, {name}")
         print(
-            f"{label:<22} {row['train_images_per_s']:12.1f} {row['x_plain_train']:8.3f} "
-            f"{row['x_op_floor_train']:11.2f} {row['infer_images_per_s']:12.1f} "
-            f"{row['x_plain_infer']:8.3f}",
-            flush=True,
+            f"{'variant':<22} {'train img/s':>12} {'x plain':>8} {'x op floor':>11} "
+            f"{'infer img/s':>12} {'x plain':>8}"
         )
-        if "cuda_graph_infer_images_per_s" in row:
+        x, y = _data(batch, args.device)
+        for label, (options, tf32, autocast) in variants.items():
+            row = _option_row(args, accel, graph, x, y, t, options, tf32, autocast, label == "default")
+            row.update(section="options", device=name, graph=arch, variant=label)
+            out.append(row)
             print(
-                f"{'  + CUDA graph infer':<22} {'':>12} {'':>8} {'':>11} "
-                f"{row['cuda_graph_infer_images_per_s']:12.1f}"
+                f"{label:<22} {row['train_images_per_s']:12.1f} {row['x_plain_train']:8.3f} "
+                f"{row['x_op_floor_train']:11.2f} {row['infer_images_per_s']:12.1f} "
+                f"{row['x_plain_infer']:8.3f}",
+                flush=True,
             )
+            if "cuda_graph_infer_images_per_s" in row:
+                print(
+                    f"{'  + CUDA graph infer':<22} {'':>12} {'':>8} {'':>11} "
+                    f"{row['cuda_graph_infer_images_per_s']:12.1f}"
+                )
+
+
+def _option_row(args, accel, graph, x, y, t, options, tf32, autocast, graphed) -> dict:
+    """One variant of :func:`bench_options`: DP-res and the plain network, timed interleaved."""
+    device_type = torch.device(args.device).type
+    batch = x.shape[0]
+    context = accel.tf32(tf32) if tf32 is not None else nullcontext()
+    if autocast:
+        step = partial(_autocast_train_step, device_type=device_type)
+        infer = partial(_autocast_infer, device_type=device_type)
+    else:
+        step, infer = _train_step, _infer
+    with context:
+        net = df.compile(graph, method="deep", iterations=t, device=args.device, **options)
+        plain_options = {"channels_last": True} if options.get("channels_last") else {}
+        ff = df.compile(graph, method="feedforward", device=args.device, **plain_options)
+        plain = PlainNet(ff)
+        xs = x.contiguous(memory_format=torch.channels_last) if options.get("channels_last") else x
+        rounds = {}
+        train = time_interleaved(
+            {
+                "net": partial(step, net.train(), xs, y),
+                "plain": partial(step, plain.train(), xs, y),
+            },
+            args.repeats,
+            args.device,
+            rounds,
+        )
+        calls = {"net": partial(infer, net.eval(), xs), "plain": partial(infer, plain.eval(), xs)}
+        if device_type == "cuda" and graphed:
+            cuda_graph = accel.CudaGraphInference(net, xs)
+            calls["cuda graph"] = partial(cuda_graph, xs)
+        infer_rounds = {}
+        infer_s = time_interleaved(calls, args.repeats, args.device, infer_rounds)
+    plain_rate = batch / train["plain"]
+    x_plain_train = paired_ratio(rounds, "plain", "net")  # throughput: net over plain
+    row = {
+        "batch": batch,
+        "method": "DP-res",
+        "T": t,
+        "options": {k: v for k, v in options.items()},
+        "tf32": tf32,
+        "bf16_autocast": autocast,
+        "train_images_per_s": batch / train["net"],
+        "plain_train_images_per_s": plain_rate,
+        "x_plain_train": x_plain_train,
+        # images/s over the op-count floor plain / (1 + 2 T)
+        "x_op_floor_train": x_plain_train * (1 + 2 * t),
+        "x_op_floor_train_best": (batch / train["net"]) / (plain_rate / (1 + 2 * t)),
+        "infer_images_per_s": batch / infer_s["net"],
+        "plain_infer_images_per_s": batch / infer_s["plain"],
+        "x_plain_infer": paired_ratio(infer_rounds, "plain", "net"),
+    }
+    if "cuda graph" in infer_s:
+        row["cuda_graph_infer_images_per_s"] = batch / infer_s["cuda graph"]
+    return row
 
 
 # --------------------------------------------------------------------------- targets
@@ -1029,6 +1089,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--torch-compile", action="store_true", help="add the torch.compile variant (slow to build)"
+    )
+    parser.add_argument(
+        "--options-batch", action="append", type=int, help="options: these batches (repeatable)"
+    )
+    parser.add_argument("--options-iterations", type=int, help="options: T (default 10)")
+    parser.add_argument(
+        "--variant", action="append", help="options: only these variants (repeatable)"
     )
     parser.add_argument(
         "--clock",

@@ -19,6 +19,11 @@ Cases (docs/geometry.md, docs/performance.md), in increasing number of atoms:
   makes the dense reference slower still.)
 * ``resnet18-112``, ``resnet18-224``: the ResNet-18-width graph at 112x112
   (6.8 million atoms) and 224x224 (27.3 million atoms).
+* ``resnet50-224``: the layout of ResNet-50 at 224x224 (:func:`bottleneck_resnet`:
+  a 7x7 stride-2 stem, bottleneck blocks 3/4/6/3 of widths 64/128/256/512 with
+  expansion 4, projection shortcuts where the shape changes), 9.0 million
+  atoms; ``resnet50-tiny`` the same layout at 16x16 with widths 2/2/4/4 (not in
+  the default list; dense check).
 
 The dense reference runs for every case of at most 8,192 atoms (its Gram takes
 ``8 N^2`` bytes: 0.5 GiB there).
@@ -70,7 +75,11 @@ CASES = (
     "resnet18-width",
     "resnet18-112",
     "resnet18-224",
+    "resnet50-224",
 )
+#: Cases not in the default list: a small graph of the ResNet-50 layout, with a dense check
+#: (analysis/gpu_run.py --dry-run and the tests use it).
+EXTRA_CASES = ("resnet50-tiny",)
 DENSE_MAX_ATOMS = 8192
 #: The budget when neither ``--memory-budget`` nor ``DEEPFRAME_MEMORY_BUDGET`` sets one
 #: (the library's 2 GiB default refuses ``resnet18-224``).
@@ -113,8 +122,60 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def bottleneck_resnet(
+    input_shape=(3, 224, 224),
+    blocks=(3, 4, 6, 3),
+    widths=(64, 128, 256, 512),
+    *,
+    expansion: int = 4,
+    stem: int = 64,
+):
+    """The layout of ResNet-50 (He et al. 2016, Table 1) as a deepframe graph.
+
+    A 7x7 stride-2 stem conv to ``stem`` channels, then one stage per width of
+    bottleneck blocks (1x1 reduce to ``width``, 3x3, 1x1 expand to ``expansion
+    * width``; the stride on the 3x3 conv, as torchvision's v1.5) whose last
+    node adds the block input through an identity edge, or a ``project`` edge
+    (1x1 conv with the stride, option B) where the shape changes. The stem's
+    3x3 max pooling is not linear and has no edge kind: the first stage's
+    first block takes stride 2 in its place, so every stage has ResNet-50's
+    shape (56, 28, 14, 7 at 224x224) and its channels. Edge-centric, no batch
+    norm (which the structured geometry folds per node anyway).
+    """
+    import networkx as nx
+
+    import deepframe as df
+
+    g = nx.DiGraph()
+    g.add_node("x", kind="input", shape=tuple(input_shape))
+    g.add_node("stem", channels=int(stem))
+    g.add_edge("x", "stem", op="conv", kernel_size=7, stride=2)
+    prev, channels = "stem", int(stem)
+    for s, (count, width) in enumerate(zip(blocks, widths, strict=True), start=1):
+        for b in range(1, count + 1):
+            stride = 2 if b == 1 else 1
+            a, m, e = f"s{s}b{b}a", f"s{s}b{b}b", f"s{s}b{b}c"
+            g.add_node(a, channels=int(width))
+            g.add_node(m, channels=int(width))
+            g.add_node(e, channels=int(expansion * width))
+            g.add_edge(prev, a, op="conv", kernel_size=1)
+            g.add_edge(a, m, op="conv", kernel_size=3, stride=stride)
+            g.add_edge(m, e, op="conv", kernel_size=1)
+            if stride == 1 and channels == expansion * width:
+                g.add_edge(prev, e, op="identity")
+            else:
+                g.add_edge(prev, e, op="project", stride=stride)
+            prev, channels = e, int(expansion * width)
+    return df.validate(g)
+
+
 def _graph(name: str):
     import deepframe as df
+
+    if name == "resnet50-224":
+        return bottleneck_resnet()
+    if name == "resnet50-tiny":
+        return bottleneck_resnet((3, 16, 16), widths=(2, 2, 4, 4), stem=4)
 
     if name == "resnet-1":
         return df.resnet((3, 32, 32), 1)
@@ -130,7 +191,7 @@ def _graph(name: str):
         return df.resnet((3, 112, 112), 2, widths=(64, 128, 256, 512))
     if name == "resnet18-224":
         return df.resnet((3, 224, 224), 2, widths=(64, 128, 256, 512))
-    raise ValueError(f"unknown case {name!r}; expected one of {CASES}")
+    raise ValueError(f"unknown case {name!r}; expected one of {CASES + EXTRA_CASES}")
 
 
 CLOCK = time.perf_counter  # analysis/bench.py --clock cpu sets time.process_time
@@ -210,7 +271,10 @@ def run_case(name: str, repeat: int, device: str = "cpu", budget: str | int | No
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--case", action="append", choices=CASES, help="run only these cases (repeatable)"
+        "--case",
+        action="append",
+        choices=CASES + EXTRA_CASES,
+        help="run only these cases (repeatable)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

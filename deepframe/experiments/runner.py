@@ -120,7 +120,9 @@ def _weights_only(path: Path, model, history: list[dict], metadata: dict, config
 # --------------------------------------------------------------------------- one model
 
 
-def _train_model(spec, profile, train_set, val_set, info, folder: Path, *, resume, progress):
+def _train_model(
+    spec, profile, train_set, val_set, info, folder: Path, *, resume, progress, num_workers=0
+):
     """Compile the spec's solver and train it (resuming a checkpoint when ``resume``).
 
     Returns ``(model, metadata, history)``.
@@ -149,6 +151,7 @@ def _train_model(spec, profile, train_set, val_set, info, folder: Path, *, resum
         progress=progress,
         metadata=metadata,
         extra_metrics=_extra_metrics(spec, profile, val_set),
+        num_workers=num_workers,
     )
     return model.eval(), metadata, history
 
@@ -174,13 +177,17 @@ def run_model(
     data_dir: str | Path | None = None,
     *,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> tuple[dict, bool]:
     """Train (or resume) one model and attack it; ``(result, trained_now)``.
 
     The final accuracies are measured on the profile's evaluation subset:
     clean, FGSM (Eq. 19) and PGD (L-inf, random start, ``profile.pgd_steps``
     steps of ``2.5 eps / steps``), all at ``profile.eps``, white-box through
-    every pursuit iteration.
+    every pursuit iteration. ``num_workers`` data-loader processes prepare the
+    training batches (:func:`deepframe.train.train`); the augmentation draws
+    depend on the image, epoch and seed alone, so the result does not depend
+    on it (it is not part of the configuration).
     """
     folder = Path(out_dir) / "models" / spec.name
     config = _config(spec, profile)
@@ -201,6 +208,7 @@ def run_model(
         folder,
         resume=not isinstance(old, dict),  # a result of another configuration: start over
         progress=progress,
+        num_workers=num_workers,
     )
     attack_started = time.perf_counter()
     accuracies = _attack(model, eval_set, spec, profile)
