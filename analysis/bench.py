@@ -868,7 +868,9 @@ def bench_options(args, out: list) -> None:
         )
         x, y = _data(batch, args.device)
         for label, (options, tf32, autocast) in variants.items():
-            row = _option_row(args, accel, graph, x, y, t, options, tf32, autocast, label == "default")
+            row = _option_row(
+                args, accel, graph, x, y, t, options, tf32, autocast, label == "default"
+            )
             row.update(section="options", device=name, graph=arch, variant=label)
             out.append(row)
             print(

@@ -317,7 +317,10 @@ def _git_state(root: Path) -> dict:
         return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
 
 
 # --------------------------------------------------------------------------- data
@@ -450,20 +453,23 @@ def child_tests(args, sizes: Sizes, sink: Sink) -> None:
 
 
 def parse_junit(path: Path) -> list[dict]:
-    """Each test case of a pytest JUnit XML file: node id, outcome, seconds, message."""
+    """Each test case of a pytest JUnit XML file: ``test`` (``classname::name``), ``outcome``
+    (passed, failed, error, skipped), ``seconds``, ``message``. The nameless case pytest
+    writes for a test cut short by an interrupt is left out."""
     cases = []
     for case in ET.parse(path).getroot().iter("testcase"):
+        if not case.get("name"):
+            continue
         outcome, message = "passed", None
-        for tag in ("failure", "error", "skipped"):
+        for tag, label in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
             found = case.find(tag)
             if found is not None:
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                outcome = label
                 message = (found.get("message") or found.text or "")[:2000]
                 break
-        module = case.get("classname", "").replace(".", "/")
         cases.append(
             {
-                "test": f"{module}.py::{case.get('name')}",
+                "test": f"{case.get('classname')}::{case.get('name')}",
                 "outcome": outcome,
                 "seconds": float(case.get("time") or 0.0),
                 "message": message,
@@ -472,13 +478,34 @@ def parse_junit(path: Path) -> list[dict]:
     return cases
 
 
+def _guarded(sink: Sink, what: dict, run) -> None:
+    """``run()``; an exception (not the deadline) becomes a row ``{"section": "error", ...}``
+    and the part goes on with its next measurement."""
+    try:
+        run()
+    except OutOfTime:
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        sink.append({"section": "error", **what, "error": f"{type(exc).__name__}: {exc}"})
+
+
 def child_bench(args, sizes: Sizes, sink: Sink) -> None:
+    """bench.py's solvers grid (one call per T) and options (one call per variant), batch
+    by batch; each call that fails is recorded and the next runs."""
     import bench
 
     bench.CLOCK = bench.CLOCKS["wall"]
+    variants = sizes.variants or list(bench.option_variants(args.device.startswith("cuda"), False))
     for batch in sizes.batches:
-        bench.bench_solvers(_bench_args(sizes, args.device, batch=[batch]), sink)
-        bench.bench_options(_bench_args(sizes, args.device, options_batch=[batch]), sink)
+        for t in sizes.iterations:
+            call = _bench_args(sizes, args.device, batch=[batch], iterations=[t])
+            what = {"part": "solvers", "batch": batch, "T": t}
+            _guarded(sink, what, lambda call=call: bench.bench_solvers(call, sink))
+        for variant in variants:
+            call = _bench_args(sizes, args.device, options_batch=[batch], variant=[variant])
+            what = {"part": "options", "batch": batch, "variant": variant}
+            _guarded(sink, what, lambda call=call: bench.bench_options(call, sink))
 
 
 def child_geometry(args, sizes: Sizes, sink: Sink) -> None:
@@ -504,17 +531,17 @@ def child_compile(args, sizes: Sizes, sink: Sink) -> None:
 
     bench.CLOCK = bench.CLOCKS["wall"]
     for t in sizes.compile_iterations:
-        bench.bench_options(
-            _bench_args(
-                sizes,
-                args.device,
-                options_batch=[sizes.compile_batch],
-                options_iterations=t,
-                torch_compile=sizes.compile_options,
-                variant=["torch.compile"],
-            ),
-            sink,
+        call = _bench_args(
+            sizes,
+            args.device,
+            options_batch=[sizes.compile_batch],
+            options_iterations=t,
+            torch_compile=sizes.compile_options,
+            variant=["torch.compile"],
         )
+        what = {"part": "compile", "batch": sizes.compile_batch, "T": t}
+        print(f"[compile] T={t}: building and timing torch.compile", flush=True)
+        _guarded(sink, what, lambda call=call: bench.bench_options(call, sink))
 
 
 def child_train(args, sizes: Sizes, sink: Sink) -> None:
@@ -580,8 +607,13 @@ def child_attack(args, sizes: Sizes, sink: Sink) -> None:
         if found is None:
             continue
         path, finished = found
-        epoch = int(load_checkpoint(path, training=not finished)["epoch"])
-        model = load_model(path, map_location=args.device)
+        try:
+            epoch = int(load_checkpoint(path, training=not finished)["epoch"])
+            model = load_model(path, map_location=args.device)
+        except Exception as exc:  # recorded; the next model is attacked
+            traceback.print_exc()
+            sink.append({"model": name, "attack": "load", "error": f"{type(exc).__name__}: {exc}"})
+            continue
         base = {"model": name, "finished": finished, "epoch": epoch, "of_epochs": profile.epochs}
         n = len(eval_set)
         plan = [
@@ -609,6 +641,9 @@ def child_attack(args, sizes: Sizes, sink: Sink) -> None:
                     row.update(_run_autoattack(autoattack, model, subset, eps, args.device))
                 except ImportError as exc:  # an optional package it needs is missing
                     row["skipped"] = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # recorded; PGD stands
+                    traceback.print_exc()
+                    row["error"] = f"{type(exc).__name__}: {exc}"
             row["seconds"] = round(time.time() - started, 2)
             sink.append(row)
 
@@ -984,9 +1019,8 @@ class Run:
     # ---------------------------------------------------------------- outputs
 
     def meta(self) -> dict:
-        import torch
-
         import bench
+        import torch
 
         meta = {
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -1133,16 +1167,25 @@ def report(summary: dict, rows: dict, models: dict) -> str:
         )
     tests = [r for r in rows["tests"] if r.get("summary")]
     if tests:
-        lines += ["", "## Tests", "", "| selection | exit code | counts | seconds |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Tests",
+            "",
+            "| selection | exit code | counts | seconds |",
+            "|---|---|---|---|",
+        ]
         for r in tests:
-            lines.append(f"| {r['selection']} | {r['exit_code']} | {r['counts']} | {r['seconds']} |")
+            lines.append(
+                f"| {r['selection']} | {r['exit_code']} | {r['counts']} | {r['seconds']} |"
+            )
     solver = [r for r in rows["bench"] if r.get("section") == "solvers"]
     if solver:
         lines += [
             "",
             "## Solvers: one training step",
             "",
-            "| graph | batch | method | T | seconds | x floor | x plain | x op floor | train img/s |",
+            "| graph | batch | method | T | seconds | x floor | x plain | x op floor "
+            "| train img/s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in solver:
@@ -1181,7 +1224,7 @@ def report(summary: dict, rows: dict, models: dict) -> str:
                     f"{r['peak_structured_mib']} | {r['coherence']:.6f} |"
                 )
     if models:
-        lines += ["", "## Training (full profile, seed 0)", ""]
+        lines += ["", "## Training (a shard of the profile in train.json, seed 0)", ""]
         lines += ["| model | status | epochs | last val acc | epoch wall s | note |"]
         lines.append("|---|---|---|---|---|---|")
         for name, m in models.items():
@@ -1195,14 +1238,22 @@ def report(summary: dict, rows: dict, models: dict) -> str:
     attacks = rows["attack"]
     if attacks:
         lines += ["", "## Attacks on the models as they stand", ""]
-        lines += ["| model | epoch | attack | images | accuracy | seconds |", "|---|---|---|---|---|---|"]
-        for r in attacks:
+        lines += [
+            "| model | epoch | attack | images | accuracy | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in attacks if "epoch" in r):
             acc = r.get("accuracy")
-            shown = r.get("skipped", "") if acc is None else f"{acc:.4f}"
+            shown = r.get("skipped") or r.get("error", "") if acc is None else f"{acc:.4f}"
             lines.append(
                 f"| {r['model']} | {r['epoch']}/{r['of_epochs']} | {r['attack']} | {r['images']} "
                 f"| {shown} | {r['seconds']} |"
             )
+    errors = [r for part in ("bench", "compile") for r in rows[part] if r.get("section") == "error"]
+    errors += [r for r in attacks if "error" in r]
+    if errors:
+        lines += ["", "## Errors (recorded; the run went on)", ""]
+        lines += [f"- {json.dumps({k: v for k, v in r.items() if k != 'section'})}" for r in errors]
     if summary["targets"]:
         lines += ["", "## Targets (measured, not asserted)", ""]
         for t in summary["targets"]:
