@@ -53,15 +53,16 @@ state included, to unpack into a run folder and resume) and ``log.txt``
 cut short still leaves what finished.
 
 ``--prepare`` (on the machine that calls the device tool, in the checkout it
-sends) copies the shared CIFAR-10 JPEG files (54 MB) and their decoder
-(``shared/tools/cifar10_batches.py``) into ``.gpu-run/`` (git-ignored; name it
-in the tool's ``carry``), records the commit, and checks that the tree that
-travels stays under the tool's 64 MiB; ``--resume-from RUN`` adds the models
-of an earlier run (a folder holding ``models/``, e.g. an unpacked
-``models.tar.gz``) so that training continues where it stopped. On the GPU
-machine the decoder writes the standard batches into a scratch folder (about
-10 s, Pillow) while the tests run. docs/performance.md, *The GPU run*, gives
-the exact device call.
+sends) writes ``.gpu-run/`` (git-ignored; name it in the tool's ``carry``):
+the shared CIFAR-10 JPEG files (54 MB) packed without the header all 60,000
+images repeat (19 MB, every byte given back: :func:`pack_jpeg`), their
+decoder (``shared/tools/cifar10_batches.py``) and the commit; it checks that
+the tree that travels stays under the tool's 64 MiB. ``--resume-from RUN``
+adds the models of an earlier run (a folder holding ``models/``, e.g. an
+unpacked ``models.tar.gz``) so that training continues where it stopped. On
+the GPU machine the files are unpacked and the decoder writes the standard
+batches into a scratch folder (about 10 s, Pillow) while the tests run.
+docs/performance.md, *The GPU run*, gives the exact device call.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (ResNet-8 at batch 2,
 the ResNet-50 layout at 16x16, a 2-epoch shard of a reduced profile on random
@@ -287,11 +288,8 @@ def prepare(
     carry = root / CARRY
     if carry.exists():
         shutil.rmtree(carry)
-    # the decoder reads ../data/cifar10-jpeg beside its own folder: keep that layout
-    (carry / "data" / "cifar10-jpeg").mkdir(parents=True)
-    (carry / "tools").mkdir()
-    for src in needed[:2]:
-        shutil.copy2(src, carry / "data" / "cifar10-jpeg" / src.name)
+    (carry / "tools").mkdir(parents=True)
+    pack_jpeg(jpeg, carry / JPEG_PACK)
     shutil.copy2(tool, carry / "tools" / tool.name)
     if resume_from is not None:
         models = Path(resume_from) / "models"
@@ -311,6 +309,80 @@ def prepare(
     return {"carry": str(carry), "size": size, "source": source}
 
 
+#: The carried CIFAR-10: the shared JPEG files without the header every image repeats.
+JPEG_PACK = "cifar10-jpeg.npz"
+_SOS = b"\xff\xda"  # start of scan: the entropy-coded data follow its header
+
+
+def _split_jpeg(data: bytes) -> tuple[bytes, bytes]:
+    """``(header, scan)`` of a baseline JPEG file: everything up to the end of the
+    start-of-scan header (tables, frame, scan header), and the rest."""
+    k = data.find(_SOS)
+    if k < 0:
+        raise ValueError("not a JPEG file with a start-of-scan marker")
+    end = k + 2 + int.from_bytes(data[k + 2 : k + 4], "big")
+    return data[:end], data[end:]
+
+
+def pack_jpeg(source: Path, target: Path) -> dict:
+    """The shared ``train.npz`` / ``test.npz`` (``jpeg``, ``offsets``, ``labels``,
+    ``classes``) as one ``.npz`` that stores each distinct JPEG header once.
+
+    The copy of CIFAR-10 in ``shared/data`` repeats one 623-byte header (quantisation
+    and Huffman tables) in all 60,000 images, two thirds of its 54 MB: without the
+    repeats it takes about 18 MB, and the tree that travels keeps room for results.
+    :func:`unpack_jpeg` gives back the two files' arrays exactly (checked here before
+    anything is written).
+    """
+    import numpy as np
+
+    arrays, headers = {}, {}
+    for split in ("train", "test"):
+        z = np.load(source / f"{split}.npz")
+        blob, offsets = z["jpeg"].tobytes(), z["offsets"]
+        scans, index = [], []
+        for i in range(len(offsets) - 1):
+            header, scan = _split_jpeg(blob[offsets[i] : offsets[i + 1]])
+            index.append(headers.setdefault(header, len(headers)))
+            scans.append(scan)
+        lengths = np.array([len(v) for v in scans], dtype=np.int64)
+        arrays[f"{split}_scan"] = np.frombuffer(b"".join(scans), dtype=np.uint8)
+        arrays[f"{split}_scan_offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+        arrays[f"{split}_header"] = np.array(index, dtype=np.int64)
+        for key in ("offsets", "labels", "classes"):
+            arrays[f"{split}_{key}"] = z[key]
+    table = list(headers)
+    arrays["headers"] = np.frombuffer(b"".join(table), dtype=np.uint8)
+    arrays["header_offsets"] = np.concatenate([[0], np.cumsum([len(h) for h in table])])
+    np.savez(target, **arrays)
+    for split, rebuilt in unpack_jpeg(target).items():
+        original = np.load(source / f"{split}.npz")
+        for key in ("jpeg", "offsets", "labels", "classes"):
+            if not np.array_equal(original[key], rebuilt[key]):
+                raise ValueError(f"pack_jpeg: {split} {key} does not come back exactly")
+    return {"headers": len(table), "bytes": target.stat().st_size}
+
+
+def unpack_jpeg(pack: Path) -> dict:
+    """``{split: {"jpeg", "offsets", "labels", "classes"}}``, the arrays of the shared
+    ``.npz`` files that :func:`pack_jpeg` packed."""
+    import numpy as np
+
+    z = np.load(pack)
+    table, bounds = z["headers"].tobytes(), z["header_offsets"]
+    headers = [table[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+    out = {}
+    for split in ("train", "test"):
+        scan, cuts = z[f"{split}_scan"].tobytes(), z[f"{split}_scan_offsets"]
+        index = z[f"{split}_header"]
+        blob = b"".join(headers[h] + scan[cuts[i] : cuts[i + 1]] for i, h in enumerate(index))
+        out[split] = {
+            "jpeg": np.frombuffer(blob, dtype=np.uint8),
+            **{key: z[f"{split}_{key}"] for key in ("offsets", "labels", "classes")},
+        }
+    return out
+
+
 def _git_state(root: Path) -> dict:
     def git(*cmd):
         done = subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True)
@@ -326,9 +398,20 @@ def _git_state(root: Path) -> dict:
 # --------------------------------------------------------------------------- data
 
 
-def decode_command(carry: Path, dest: Path) -> list[str]:
-    """The carried decoder, writing ``dest/cifar-10-batches-py``."""
-    return [sys.executable, str(carry / "tools" / "cifar10_batches.py"), str(dest)]
+def decode_command(carry: Path, scratch: Path, dest: Path) -> list[str]:
+    """Unpack the carried JPEG files into ``scratch`` laid out as ``shared/`` (the decoder
+    reads ``../data/cifar10-jpeg`` beside its own folder); the decoder's command, which
+    writes ``dest/cifar-10-batches-py``."""
+    import numpy as np
+
+    jpeg = scratch / "data" / "cifar10-jpeg"
+    jpeg.mkdir(parents=True, exist_ok=True)
+    for split, arrays in unpack_jpeg(carry / JPEG_PACK).items():
+        np.savez(jpeg / f"{split}.npz", **arrays)
+    (scratch / "tools").mkdir(exist_ok=True)
+    tool = scratch / "tools" / "cifar10_batches.py"
+    shutil.copy2(carry / "tools" / "cifar10_batches.py", tool)
+    return [sys.executable, str(tool), str(dest)]
 
 
 def write_random_cifar(dest: Path, train: int, test: int, seed: int = 0) -> Path:
@@ -723,6 +806,8 @@ class Run:
         self.models: dict[str, dict] = {}
         self.decoder = None
         self.data_note = None
+        self.data_problem = None
+        self.resumed = None
         self.source = None
         self.packed_note = None
 
@@ -834,32 +919,36 @@ class Run:
 
     def start_data(self) -> None:
         """The CIFAR-10 batches in ``WORK/cifar``: decoded from the carried JPEG files in the
-        background (real run), or random images (dry run without ``--data``)."""
+        background (real run), or random images (dry run without ``--data``); the models
+        of an earlier run (``resume.tar.gz``) in ``WORK/full``."""
         carry = Path(self.args.data) if self.args.data else ROOT / CARRY
         dest = self.work / "cifar"
-        if self.args.dry_run and not self.args.data:
-            write_random_cifar(dest, train=40, test=32)
-            self.data_note = "random images in the CIFAR-10 layout (dry run)"
-            return
-        if not (carry / "tools" / "cifar10_batches.py").is_file():
-            self.data_note = (
-                f"no CIFAR-10: {carry} holds no prepared data (run "
-                f"'python analysis/gpu_run.py --prepare' and carry {CARRY})"
-            )
-            return
         resume = carry / "resume.tar.gz"
         if resume.is_file():
             with tarfile.open(resume) as tar:
                 tar.extractall(self.work / "full", filter="data")
-            self.data_note = f"resumed the models of {resume}"
+            self.resumed = sorted(p.name for p in (self.work / "full" / "models").iterdir())
+        if (carry / "source.json").is_file():
+            self.source = json.loads((carry / "source.json").read_text())
+        if self.args.dry_run and not self.args.data:
+            write_random_cifar(dest, train=40, test=32)
+            self.data_note = "random images in the CIFAR-10 layout (dry run)"
+            return
+        if not (carry / JPEG_PACK).is_file():
+            self.data_problem = (
+                f"no CIFAR-10: {carry} holds no {JPEG_PACK} (run "
+                f"'python analysis/gpu_run.py --prepare' and carry {CARRY})"
+            )
+            return
+        try:
+            command = decode_command(carry, self.work / "shared", dest)
+        except Exception as exc:  # recorded: the train and attack parts say why they skip
+            self.data_problem = f"the carried CIFAR-10 did not unpack: {type(exc).__name__}: {exc}"
+            return
         log = open(self.work / "decode.log", "w")
-        self.decoder = subprocess.Popen(
-            decode_command(carry, dest), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.decoder = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        source = carry / "source.json"
-        if source.is_file():
-            self.source = json.loads(source.read_text())
+        self.data_note = f"CIFAR-10 decoded from {carry / JPEG_PACK} by the shared decoder"
 
     def _data_ready(self, deadline: float) -> str | None:
         """None when the batches are there, else why not."""
@@ -871,7 +960,7 @@ class Run:
             if self.decoder.returncode != 0:
                 return f"the CIFAR-10 decoder failed: {self._log_tail('decode', 1500)}"
         if not (self.work / "cifar" / "cifar-10-batches-py" / "test_batch").is_file():
-            return self.data_note or "no CIFAR-10 batches"
+            return self.data_problem or "no CIFAR-10 batches"
         return None
 
     def _one_child(self, part: str, deadline: float) -> dict:
@@ -1034,7 +1123,8 @@ class Run:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "source": self.source or _git_state(ROOT),
-            "data": self.data_note,
+            "data": self.data_note or self.data_problem,
+            "resumed_models": self.resumed,
         }
         if self.packed_note:
             meta["archive"] = self.packed_note

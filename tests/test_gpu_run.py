@@ -235,6 +235,33 @@ def test_schedule_keeps_time_for_the_later_parts(gpu_run, monkeypatch, tmp_path)
     os.rmdir(run.work)
 
 
+def test_resume_archive_is_unpacked_and_missing_data_is_named(gpu_run, tmp_path):
+    import argparse
+
+    models = tmp_path / "run" / "models" / "ff-res-n3-seed0" / "train"
+    models.mkdir(parents=True)
+    (models / "checkpoint.pt").write_bytes(b"state")
+    (models.parent / "log.jsonl").write_text("{}\n")
+    carry = tmp_path / "carry"
+    gpu_run.pack_models(tmp_path / "run" / "models", carry / "resume.tar.gz")
+    args = argparse.Namespace(dry_run=False, budget_s=60.0, out=str(tmp_path), data=str(carry))
+    run = gpu_run.Run(args)
+    run.start_data()
+    state = run.work / "full" / "models" / "ff-res-n3-seed0" / "train" / "checkpoint.pt"
+    assert state.read_bytes() == b"state" and run.resumed == ["ff-res-n3-seed0"]
+    assert "holds no cifar10-jpeg.npz" in run._data_ready(time.time())
+    import shutil
+
+    shutil.rmtree(run.work)
+    gpu_run.pack_models(tmp_path / "run" / "models", tmp_path / "w.tar.gz", state=False)
+    with tarfile.open(tmp_path / "w.tar.gz") as tar:
+        assert tar.getnames() == [
+            "models",
+            "models/ff-res-n3-seed0",
+            "models/ff-res-n3-seed0/log.jsonl",
+        ]
+
+
 def test_train_order_starts_with_the_paper_questions(gpu_run):
     from deepframe.experiments.profiles import PROFILES, model_specs
 
@@ -245,7 +272,8 @@ def test_train_order_starts_with_the_paper_questions(gpu_run):
 
 
 def _fake_shared(folder: Path, train: int = 12, test: int = 6) -> Path:
-    """A shared folder as the real one is laid out: JPEG .npz files and the decoder."""
+    """A shared folder as the real one is laid out: JPEG .npz files (two JPEG qualities,
+    so two distinct headers) and a tools/ folder."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -258,7 +286,7 @@ def _fake_shared(folder: Path, train: int = 12, test: int = 6) -> Path:
 
             buffer = io.BytesIO()
             image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-            Image.fromarray(image).save(buffer, format="JPEG")
+            Image.fromarray(image).save(buffer, format="JPEG", quality=75 + 15 * (count % 2))
             blobs.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
             offsets.append(offsets[-1] + len(blobs[-1]))
         np.savez(
@@ -295,17 +323,37 @@ def test_prepared_folder_decodes_to_the_standard_batches(gpu_run, tmp_path):
     done = gpu_run.prepare(checkout, shared)
     carry = checkout / gpu_run.CARRY
     assert done["source"]["commit"] and done["source"]["dirty"] is False
-    npz = sum(
-        (carry / "data" / "cifar10-jpeg" / f).stat().st_size for f in ("train.npz", "test.npz")
-    )
-    assert done["size"]["carry"][gpu_run.CARRY] > npz
+    assert sorted(p.name for p in carry.iterdir()) == ["cifar10-jpeg.npz", "source.json", "tools"]
     assert done["size"]["total"] == done["size"]["tree"] + done["size"]["carry"][gpu_run.CARRY]
-    subprocess.run(gpu_run.decode_command(carry, tmp_path / "cifar"), check=True)
+    command = gpu_run.decode_command(carry, tmp_path / "scratch", tmp_path / "cifar")
+    # the unpacked files are the shared ones, array for array
+    for split in ("train", "test"):
+        original = np.load(shared / "data" / "cifar10-jpeg" / f"{split}.npz")
+        unpacked = np.load(tmp_path / "scratch" / "data" / "cifar10-jpeg" / f"{split}.npz")
+        for key in ("jpeg", "offsets", "labels", "classes"):
+            assert np.array_equal(original[key], unpacked[key]), (split, key)
+    subprocess.run(command, check=True, capture_output=True)
     from deepframe.data import cifar10
 
     train, test = cifar10(tmp_path / "cifar"), cifar10(tmp_path / "cifar", train=False)
     assert (len(train), len(test)) == (12, 6)
     assert sorted(train.labels.tolist()) == sorted((np.arange(12) % 10).tolist())
+
+
+def test_packed_jpeg_files_keep_every_byte(gpu_run, tmp_path):
+    pytest.importorskip("PIL")
+    shared = _fake_shared(tmp_path / "shared", train=7, test=4)
+    done = gpu_run.pack_jpeg(shared / "data" / "cifar10-jpeg", tmp_path / "pack.npz")
+    assert done["headers"] == 2  # one per JPEG quality
+    rebuilt = gpu_run.unpack_jpeg(tmp_path / "pack.npz")
+    for split in ("train", "test"):
+        original = np.load(shared / "data" / "cifar10-jpeg" / f"{split}.npz")
+        blob, offsets = original["jpeg"].tobytes(), original["offsets"]
+        got = rebuilt[split]["jpeg"].tobytes()
+        for i in range(len(offsets) - 1):  # image by image, as the decoder cuts them
+            assert got[offsets[i] : offsets[i + 1]] == blob[offsets[i] : offsets[i + 1]]
+    with pytest.raises(ValueError, match="start-of-scan"):
+        gpu_run._split_jpeg(b"\xff\xd8 no scan here")
 
 
 def test_prepare_refuses_what_would_not_travel(gpu_run, tmp_path, monkeypatch):
