@@ -628,11 +628,14 @@ def child_compile(args, sizes: Sizes, sink: Sink) -> None:
 
 
 def child_train(args, sizes: Sizes, sink: Sink) -> None:
+    import torch
+
     from deepframe.experiments.profiles import model_specs
     from deepframe.experiments.runner import run_model
 
     profile = run_profile(sizes.dry)
     spec = next(s for s in model_specs(profile) if s.name == args.model)
+    torch.set_num_threads(profile.threads)  # as deepframe reproduce's workers
     started = time.time()
     result, fresh = run_model(
         spec,
