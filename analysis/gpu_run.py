@@ -39,8 +39,9 @@ reaches its share of the budget is stopped and what it finished is kept):
 ``attack``
     Every trained model as it stands (finished, or at its last epoch): clean
     accuracy on the whole test set, PGD (the profile's 20 steps at 8/255) and,
-    where ``deepframe.attacks`` has it, AutoAttack, on the first images of the
-    profile's evaluation order; ``train.json`` says which ran.
+    where this checkout has ``df.autoattack`` and torchattacks is importable,
+    AutoAttack's standard suite, on the first images of the profile's
+    evaluation order; ``train.json`` says which ran.
 
 What comes back, all in ``--out`` (flat: at most 8 files, each under 16 MiB):
 ``summary.json`` (machine, software, every part's status, limits and
@@ -56,7 +57,8 @@ cut short still leaves what finished.
 sends) writes ``.gpu-run/`` (git-ignored; name it in the tool's ``carry``):
 the shared CIFAR-10 JPEG files (54 MB) packed without the header all 60,000
 images repeat (19 MB, every byte given back: :func:`pack_jpeg`), their
-decoder (``shared/tools/cifar10_batches.py``) and the commit; it checks that
+decoder (``shared/tools/cifar10_batches.py``), torchattacks where it is
+installed here (:func:`carry_packages`) and the commit; it checks that
 the tree that travels stays under the tool's 64 MiB. ``--resume-from RUN``
 adds the models of an earlier run (a folder holding ``models/``, e.g. an
 unpacked ``models.tar.gz``) so that training continues where it stopped. On
@@ -166,6 +168,7 @@ class Sizes:
         self.data_workers = 0 if dry else 4
         self.pgd_images = 8 if dry else 1000
         self.autoattack_images = 4 if dry else 500
+        self.autoattack_version = "fast" if dry else "standard"
         self.poll_s = 0.1 if dry else 1.0
         self.grace_s = 2.0 if dry else 5.0
 
@@ -291,12 +294,17 @@ def prepare(
     (carry / "tools").mkdir(parents=True)
     pack_jpeg(jpeg, carry / JPEG_PACK)
     shutil.copy2(tool, carry / "tools" / tool.name)
+    carried = carry_packages(carry / "site")
     if resume_from is not None:
         models = Path(resume_from) / "models"
         if not models.is_dir():
             raise FileNotFoundError(f"--resume-from: {models} not found (a run folder has models/)")
         pack_models(models, carry / "resume.tar.gz")
-    source = {"prepared": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **_git_state(root)}
+    source = {
+        "prepared": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **_git_state(root),
+        "packages": carried,
+    }
     (carry / "source.json").write_text(json.dumps(source, indent=1))
     size = travelling_size(root, [CARRY])
     if size["total"] > TREE_LIMIT:
@@ -307,6 +315,35 @@ def prepare(
             "remove or ignore large untracked files, or carry less"
         )
     return {"carry": str(carry), "size": size, "source": source}
+
+
+#: Optional pure-Python packages the run uses where they are installed here and the GPU
+#: machine lacks them: torchattacks (``df.autoattack``'s attacks).
+CARRIED_PACKAGES = ("torchattacks",)
+
+
+def carry_packages(site: Path, names=CARRIED_PACKAGES) -> dict:
+    """Copy each installed pure-Python package of ``names`` into ``site`` (the run puts it
+    on the children's ``PYTHONPATH``); ``{name: version or why not}``."""
+    import importlib.metadata
+    import importlib.util
+
+    done = {}
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            done[name] = "not installed here: not carried"
+            continue
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        if any(p.suffix in (".so", ".pyd") for p in folder.rglob("*")):
+            done[name] = "has compiled extensions: not carried"
+            continue
+        shutil.copytree(folder, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            done[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            done[name] = "carried (version unknown)"
+    return done
 
 
 #: The carried CIFAR-10: the shared JPEG files without the header every image repeats.
@@ -668,10 +705,15 @@ def _model_file(folder: Path) -> tuple[Path, bool] | None:
 
 
 def autoattack_function():
-    """deepframe's AutoAttack, or None where this checkout has none."""
-    from deepframe import attacks
+    """deepframe's AutoAttack (``df.autoattack``), or None where this checkout has none."""
+    import deepframe as df
 
-    return getattr(attacks, "autoattack", None)
+    try:
+        return df.autoattack
+    except AttributeError:
+        from deepframe import attacks
+
+        return getattr(attacks, "autoattack", None)
 
 
 def child_attack(args, sizes: Sizes, sink: Sink) -> None:
@@ -721,10 +763,14 @@ def child_attack(args, sizes: Sizes, sink: Sink) -> None:
                 row["accuracy"] = result.robust_accuracy[eps]
                 row["clean_accuracy"] = result.accuracy
             elif autoattack is None:
-                row["skipped"] = "deepframe.attacks has no autoattack in this checkout"
+                row["skipped"] = "deepframe has no autoattack in this checkout"
             else:
                 try:
-                    row.update(_run_autoattack(autoattack, model, subset, eps, args.device))
+                    row.update(
+                        _run_autoattack(
+                            autoattack, model, subset, eps, args.device, sizes.autoattack_version
+                        )
+                    )
                 except ImportError as exc:  # an optional package it needs is missing
                     row["skipped"] = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:  # recorded; PGD stands
@@ -734,22 +780,22 @@ def child_attack(args, sizes: Sizes, sink: Sink) -> None:
             sink.append(row)
 
 
-def _run_autoattack(autoattack, model, subset, eps: float, device: str) -> dict:
-    """Robust accuracy under ``deepframe.attacks.autoattack`` on ``subset``."""
+def _run_autoattack(autoattack, model, subset, eps: float, device: str, version: str) -> dict:
+    """Robust accuracy under ``df.autoattack`` (suite ``version``) on ``subset``: the
+    accuracy after each attack, their seconds and the self-checks that were raised."""
     import torch
 
     x = torch.stack([subset[i][0] for i in range(len(subset))]).to(device)
     y = torch.stack([torch.as_tensor(subset[i][1]) for i in range(len(subset))]).to(device)
-    out = autoattack(model, x, y, eps)
-    if isinstance(out, torch.Tensor):  # adversarial images
-        with torch.no_grad():
-            return {"accuracy": float((model(out).argmax(1) == y).float().mean())}
-    if isinstance(out, int | float):
-        return {"accuracy": float(out)}
-    if hasattr(out, "robust_accuracy"):
-        value = out.robust_accuracy
-        return {"accuracy": float(value[eps] if isinstance(value, dict) else value)}
-    raise TypeError(f"autoattack returned {type(out).__name__}: read its accuracy by hand")
+    result = autoattack(model, x, y, eps, version, seed=0)
+    return {
+        "version": result.version,
+        "accuracy": result.accuracy,
+        "clean_accuracy": result.clean_accuracy,
+        "after": result.after,
+        "attack_seconds": result.seconds,
+        "flags_raised": sorted(k for k, v in result.flags.items() if v.get("raised")),
+    }
 
 
 CHILDREN = {
@@ -764,7 +810,11 @@ CHILDREN = {
 
 def _child_env(args) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
+    carry = Path(args.data) if getattr(args, "data", None) else ROOT / CARRY
+    paths = [str(ROOT), str(HERE)]
+    if (carry / "site").is_dir():  # the optional packages --prepare carried
+        paths.append(str(carry / "site"))
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     if not args.dry_run:
         env.setdefault("DEEPFRAME_MEMORY_BUDGET", "64G")
@@ -832,6 +882,8 @@ class Run:
         cmd += ["--device", self.args.device]
         if model is not None:
             cmd += ["--model", model]
+        if self.args.data:
+            cmd += ["--data", self.args.data]
         if self.args.dry_run:
             cmd.append("--dry-run")
         if self.args.fail:
@@ -1023,9 +1075,12 @@ class Run:
         while (queue or running) and time.time() < deadline:
             while queue and len(running) < self.sizes.train_jobs:
                 name = queue.pop(0)
+                resumed = self._epochs(name)  # the epochs of a resumed model's log
                 running[name] = {"proc": self._spawn("train", deadline, name), "mark": time.time()}
-                running[name]["epochs"] = 0
+                running[name]["epochs"] = resumed
                 self.models[name] = {"status": "running", "started_s": self._since()}
+                if resumed:
+                    self.models[name]["resumed_at_epoch"] = resumed
             for name in list(running):
                 state = running[name]
                 if state["proc"].poll() is not None:
@@ -1180,13 +1235,16 @@ class Run:
 
 
 def _autoattack_note(rows: list) -> str:
-    ran = [r for r in rows if r.get("attack") == "autoattack" and "accuracy" in r]
+    """Which attack ran beside PGD, in words (train.json's ``autoattack``)."""
+    rows = [r for r in rows if r.get("attack") == "autoattack"]
+    ran = [r for r in rows if "accuracy" in r]
     if ran:
-        return "deepframe.attacks.autoattack ran"
-    skipped = [r["skipped"] for r in rows if r.get("attack") == "autoattack" and "skipped" in r]
-    if skipped:
-        return f"not run ({skipped[0]}): PGD only"
-    return "not reached"
+        return f"ran: df.autoattack, {ran[0]['version']} suite, on {len(ran)} model(s)"
+    for key in ("skipped", "error"):
+        found = [r[key] for r in rows if key in r]
+        if found:
+            return f"not run ({found[0]}): PGD only"
+    return "not reached: PGD only"
 
 
 def _status(code: int | None) -> str:

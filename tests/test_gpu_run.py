@@ -100,7 +100,7 @@ def test_dry_run_measures_trains_and_attacks_within_the_layout(gpu_run, tmp_path
     for r in attacks:
         assert ("accuracy" in r) != ("skipped" in r)
     ran = any(r["attack"] == "autoattack" and "accuracy" in r for r in attacks)
-    assert train["autoattack"].startswith("deepframe.attacks.autoattack ran" if ran else "not run")
+    assert train["autoattack"].startswith("ran: df.autoattack" if ran else "not run")
 
     # the archive is a reproduction's models/ folder: a model in it loads and predicts
     with tarfile.open(out / "models.tar.gz") as tar:
@@ -323,7 +323,8 @@ def test_prepared_folder_decodes_to_the_standard_batches(gpu_run, tmp_path):
     done = gpu_run.prepare(checkout, shared)
     carry = checkout / gpu_run.CARRY
     assert done["source"]["commit"] and done["source"]["dirty"] is False
-    assert sorted(p.name for p in carry.iterdir()) == ["cifar10-jpeg.npz", "source.json", "tools"]
+    listed = {p.name for p in carry.iterdir()}  # site/: torchattacks, where installed here
+    assert listed - {"site"} == {"cifar10-jpeg.npz", "source.json", "tools"}
     assert done["size"]["total"] == done["size"]["tree"] + done["size"]["carry"][gpu_run.CARRY]
     command = gpu_run.decode_command(carry, tmp_path / "scratch", tmp_path / "cifar")
     # the unpacked files are the shared ones, array for array
@@ -369,6 +370,29 @@ def test_prepare_refuses_what_would_not_travel(gpu_run, tmp_path, monkeypatch):
         gpu_run.prepare(checkout, shared)
     with pytest.raises(FileNotFoundError, match="tools/cifar10_batches.py"):
         gpu_run.prepare(checkout, tmp_path / "nowhere")
+
+
+def test_optional_packages_are_carried_when_pure_python(gpu_run, tmp_path, monkeypatch):
+    import argparse
+
+    root = tmp_path / "installed"
+    (root / "purepkg").mkdir(parents=True)
+    (root / "purepkg" / "__init__.py").write_text("VALUE = 1\n")
+    (root / "compiledpkg").mkdir()
+    (root / "compiledpkg" / "__init__.py").write_text("")
+    (root / "compiledpkg" / "_ext.so").write_bytes(b"\x7fELF")
+    monkeypatch.syspath_prepend(str(root))
+    site = tmp_path / "carry" / "site"
+    done = gpu_run.carry_packages(site, ("purepkg", "compiledpkg", "no_such_package_here"))
+    assert done == {
+        "purepkg": "carried (version unknown)",
+        "compiledpkg": "has compiled extensions: not carried",
+        "no_such_package_here": "not installed here: not carried",
+    }
+    assert (site / "purepkg" / "__init__.py").read_text() == "VALUE = 1\n"
+    assert not (site / "compiledpkg").exists()
+    env = gpu_run._child_env(argparse.Namespace(data=str(tmp_path / "carry"), dry_run=True))
+    assert str(site) in env["PYTHONPATH"].split(os.pathsep)
 
 
 def test_option_variants_apply_where_they_can(tmp_path):
