@@ -422,7 +422,10 @@ def unpack_jpeg(pack: Path) -> dict:
 
 def _git_state(root: Path) -> dict:
     def git(*cmd):
-        done = subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True)
+        except OSError:  # no git on this machine
+            return None
         return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--untracked-files=no")
