@@ -979,8 +979,12 @@ class Run:
         """The CIFAR-10 batches in ``WORK/cifar``: decoded from the carried JPEG files in the
         background (real run), or random images (dry run without ``--data``); the models
         of an earlier run (``resume.tar.gz``) in ``WORK/full``."""
-        carry = Path(self.args.data) if self.args.data else ROOT / CARRY
         dest = self.work / "cifar"
+        if self.args.dry_run and not self.args.data:  # no prepared folder is read
+            write_random_cifar(dest, train=40, test=32)
+            self.data_note = "random images in the CIFAR-10 layout (dry run)"
+            return
+        carry = Path(self.args.data) if self.args.data else ROOT / CARRY
         resume = carry / "resume.tar.gz"
         if resume.is_file():
             with tarfile.open(resume) as tar:
@@ -988,10 +992,6 @@ class Run:
             self.resumed = sorted(p.name for p in (self.work / "full" / "models").iterdir())
         if (carry / "source.json").is_file():
             self.source = json.loads((carry / "source.json").read_text())
-        if self.args.dry_run and not self.args.data:
-            write_random_cifar(dest, train=40, test=32)
-            self.data_note = "random images in the CIFAR-10 layout (dry run)"
-            return
         if not (carry / JPEG_PACK).is_file():
             self.data_problem = (
                 f"no CIFAR-10: {carry} holds no {JPEG_PACK} (run "
